@@ -1,0 +1,353 @@
+"""The SAM engine: one model, an image-embedding cache and batched prompt decoding.
+
+Frames used throughout:
+
+* **image** frame: pixels of the original image, ``(H, W)``; points are ``(x, y)``.
+* **working** frame: the image resized so its long side is 1024 (SAM's input before
+  padding), ``(h, w)``; expert maps and SmartSAM work here.
+* **low-res** frame: SAM's ``256 x 256`` mask logits over the *padded* 1024x1024 input;
+  the working image occupies its top-left ``(h/4, w/4)`` corner.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segment_anything.utils.transforms import ResizeLongestSide
+
+from .build import IMAGE_SIZE, LoadedSam, load_sam
+from .cache import CacheStats, LRUCache, image_key
+
+log = logging.getLogger(__name__)
+
+LOW_RES = IMAGE_SIZE // 4
+#: Prompts per mask-decoder call; bounds peak memory of one call to a few hundred MB.
+DECODE_CHUNK = 32
+#: Upsampled logits held at once when mapping masks to the image frame.
+UPSCALE_BYTES = 256 * 1024 * 1024
+
+Frame = Literal["image", "working", "none"]
+
+
+class PromptError(ValueError):
+    """A prompt with wrong shapes or values; the message says which."""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt set for SAM.
+
+    Attributes:
+        points: ``(N, 2)`` float (x, y) in image pixels, or None.
+        labels: ``(N,)`` int, 1 positive and 0 negative; required with ``points``.
+        box: ``(4,)`` float ``x0, y0, x1, y1`` in image pixels, or None.
+        mask_logits: ``(256, 256)`` float32 logits in SAM's low-res padded frame (e.g. a
+            previous decode's ``low_res_logits``), or None.
+    """
+
+    points: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    box: np.ndarray | None = None
+    mask_logits: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.points is None and self.box is None and self.mask_logits is None:
+            raise PromptError("a prompt needs points, a box or a mask")
+        if self.points is not None:
+            pts = np.asarray(self.points, dtype=np.float64)
+            if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) == 0:
+                raise PromptError(f"points must have shape (N, 2) with N >= 1, got {pts.shape}")
+            labels = np.asarray(self.labels if self.labels is not None else [], dtype=np.int64)
+            if labels.shape != (len(pts),):
+                raise PromptError(f"labels must have shape ({len(pts)},), got {labels.shape}")
+            if not np.isin(labels, (0, 1)).all():
+                raise PromptError("labels must be 1 (positive) or 0 (negative)")
+            if not np.isfinite(pts).all():
+                raise PromptError("points must be finite")
+            object.__setattr__(self, "points", pts)
+            object.__setattr__(self, "labels", labels)
+        elif self.labels is not None:
+            raise PromptError("labels given without points")
+        if self.box is not None:
+            box = np.asarray(self.box, dtype=np.float64).reshape(-1)
+            if box.shape != (4,) or not np.isfinite(box).all():
+                raise PromptError(f"box must be 4 finite numbers x0, y0, x1, y1, got {self.box!r}")
+            if box[2] < box[0] or box[3] < box[1]:
+                raise PromptError(f"box must have x0 <= x1 and y0 <= y1, got {box.tolist()}")
+            object.__setattr__(self, "box", box)
+        if self.mask_logits is not None:
+            m = np.asarray(self.mask_logits, dtype=np.float32)
+            if m.shape != (LOW_RES, LOW_RES):
+                raise PromptError(f"mask_logits must have shape (256, 256), got {m.shape}")
+            object.__setattr__(self, "mask_logits", m)
+
+    @property
+    def signature(self) -> tuple[int, bool, bool]:
+        """Prompts with equal signatures decode together in one exact batch."""
+        n = 0 if self.points is None else len(self.points)
+        return (n, self.box is not None, self.mask_logits is not None)
+
+
+@dataclass
+class ImageEmbedding:
+    """SAM's embedding of one image, with the sizes needed to map frames.
+
+    Attributes:
+        key: content hash of the image (the cache key).
+        features: ``(1, 256, 64, 64)`` float32 tensor on the engine's device.
+        original_size: ``(H, W)`` of the image frame.
+        input_size: ``(h, w)`` of the working frame (long side 1024).
+        image: ``(h, w, 3)`` uint8 RGB, the image in the working frame.
+        encode_seconds: wall time the encoder took (0 for a disk-cache load).
+    """
+
+    key: str
+    features: torch.Tensor
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+    image: np.ndarray
+    encode_seconds: float = 0.0
+
+    @property
+    def scale(self) -> float:
+        """Working-frame pixels per image-frame pixel."""
+        return self.input_size[0] / self.original_size[0]
+
+    @property
+    def nbytes(self) -> int:
+        return self.features.element_size() * self.features.nelement() + self.image.nbytes
+
+
+@dataclass
+class Decoded:
+    """Output of :meth:`SamEngine.decode` for B prompts and M masks each (M = 3 or 1).
+
+    Attributes:
+        iou: ``(B, M)`` float32 predicted IoU.
+        low_res_logits: ``(B, M, 256, 256)`` float32 logits in the low-res padded frame.
+        masks: ``(B, M, H, W)`` bool in the requested frame, or None for frame "none".
+    """
+
+    iou: np.ndarray
+    low_res_logits: np.ndarray
+    masks: np.ndarray | None = None
+
+    def best(self) -> np.ndarray:
+        """``(B,)`` index of the mask with the highest predicted IoU for each prompt."""
+        return np.argmax(self.iou, axis=1)
+
+
+@dataclass
+class EngineStats:
+    encodes: int = 0
+    encode_seconds: float = 0.0
+    decode_calls: int = 0
+    decoded_prompts: int = 0
+    disk_hits: int = 0
+    cache: CacheStats = field(default_factory=CacheStats)
+
+
+class SamEngine:
+    """One SAM model shared by every caller, with an embedding cache.
+
+    Args:
+        sam: a loaded model (see :func:`load_sam`).
+        cache_mb: bound of the in-memory embedding cache (one embedding is ~4.6 MB).
+        disk_cache: optional folder where embeddings are also stored, so a restarted
+            process or a benchmark re-run does not encode again.
+    """
+
+    def __init__(self, sam: LoadedSam, cache_mb: float = 512, disk_cache: str | Path | None = None):
+        self.sam = sam
+        self.model = sam.model
+        self.device = next(self.model.parameters()).device
+        self.transform = ResizeLongestSide(IMAGE_SIZE)
+        self.cache: LRUCache[ImageEmbedding] = LRUCache(cache_mb)
+        self.disk_cache = Path(disk_cache) / sam.model_id if disk_cache else None
+        self._encode_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self._stats = EngineStats()
+
+    @classmethod
+    def create(
+        cls,
+        checkpoint: str | Path | None = None,
+        device: str = "auto",
+        cache_mb: float = 512,
+        disk_cache: str | Path | None = None,
+    ) -> "SamEngine":
+        """Load SAM (default: embedded MobileSAM) and wrap it in an engine."""
+        return cls(load_sam(checkpoint, device), cache_mb=cache_mb, disk_cache=disk_cache)
+
+    @property
+    def model_id(self) -> str:
+        return self.sam.model_id
+
+    def stats(self) -> EngineStats:
+        with self._stats_lock:
+            stats = EngineStats(**{k: v for k, v in vars(self._stats).items() if k != "cache"})
+        stats.cache = self.cache.stats()
+        return stats
+
+    # ------------------------------------------------------------------ encoding
+    def embed(self, image: np.ndarray) -> ImageEmbedding:
+        """Embedding of ``image`` ``(H, W, 3) uint8`` RGB; encoded at most once per content."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"image must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+        key = image_key(image)
+        hit = self.cache.get(key)
+        if hit is not None:
+            return hit
+        with self._encode_lock:
+            hit = self.cache.get(key) if key in self.cache else None
+            if hit is not None:
+                return hit
+            emb = self._load_disk(key, image) or self._encode(key, image)
+            self.cache.put(key, emb, emb.nbytes)
+        return emb
+
+    def _working_image(self, image: np.ndarray) -> np.ndarray:
+        return self.transform.apply_image(image)
+
+    @torch.inference_mode()
+    def _encode(self, key: str, image: np.ndarray) -> ImageEmbedding:
+        start = time.perf_counter()
+        resized = self._working_image(image)
+        x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1)[None].float()
+        features = self.model.image_encoder(self.model.preprocess(x))
+        seconds = time.perf_counter() - start
+        with self._stats_lock:
+            self._stats.encodes += 1
+            self._stats.encode_seconds += seconds
+        log.debug("encoded %s %s in %.2fs", key[:8], image.shape[:2], seconds)
+        emb = ImageEmbedding(
+            key=key,
+            features=features,
+            original_size=image.shape[:2],
+            input_size=resized.shape[:2],
+            image=resized,
+            encode_seconds=seconds,
+        )
+        if self.disk_cache is not None:
+            self.disk_cache.mkdir(parents=True, exist_ok=True)
+            tmp = self.disk_cache / f"{key}.tmp.npy"
+            np.save(tmp, features.cpu().numpy())
+            tmp.replace(self.disk_cache / f"{key}.npy")
+        return emb
+
+    def _load_disk(self, key: str, image: np.ndarray) -> ImageEmbedding | None:
+        if self.disk_cache is None:
+            return None
+        path = self.disk_cache / f"{key}.npy"
+        if not path.is_file():
+            return None
+        try:
+            features = torch.from_numpy(np.load(path)).to(self.device)
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable cached embedding %s: %s", path, exc)
+            return None
+        with self._stats_lock:
+            self._stats.disk_hits += 1
+        resized = self._working_image(image)
+        return ImageEmbedding(key, features, image.shape[:2], resized.shape[:2], resized)
+
+    # ------------------------------------------------------------------ decoding
+    def decode(
+        self,
+        emb: ImageEmbedding,
+        prompts: Sequence[Prompt],
+        multimask: bool = True,
+        frame: Frame = "image",
+    ) -> Decoded:
+        """Decode many prompt sets against one embedding.
+
+        Prompts with the same signature (number of points, box or not, mask or not) go
+        through the mask decoder together, so the result equals decoding each alone.
+
+        Args:
+            emb: the image's embedding.
+            prompts: B prompt sets, coordinates in image pixels.
+            multimask: 3 masks per prompt when True, else 1.
+            frame: "image" for ``(H, W)`` masks, "working" for ``(h, w)``, "none" to skip
+                upsampling (use :meth:`upscale` later on the logits you keep).
+        """
+        if len(prompts) == 0:
+            raise PromptError("no prompts to decode")
+        m = 3 if multimask else 1
+        iou = np.empty((len(prompts), m), np.float32)
+        logits = np.empty((len(prompts), m, LOW_RES, LOW_RES), np.float32)
+        groups: dict[tuple[int, bool, bool], list[int]] = {}
+        for i, p in enumerate(prompts):
+            groups.setdefault(p.signature, []).append(i)
+        calls = 0
+        for indices in groups.values():
+            for start in range(0, len(indices), DECODE_CHUNK):
+                chunk = indices[start : start + DECODE_CHUNK]
+                g_logits, g_iou = self._decode_group(emb, [prompts[i] for i in chunk], multimask)
+                logits[chunk] = g_logits
+                iou[chunk] = g_iou
+                calls += 1
+        with self._stats_lock:
+            self._stats.decode_calls += calls
+            self._stats.decoded_prompts += len(prompts)
+        masks = None
+        if frame != "none":
+            masks = self.upscale(emb, logits.reshape(-1, LOW_RES, LOW_RES), frame) > 0
+            masks = masks.reshape(len(prompts), m, *masks.shape[1:])
+        return Decoded(iou=iou, low_res_logits=logits, masks=masks)
+
+    @torch.inference_mode()
+    def _decode_group(
+        self, emb: ImageEmbedding, prompts: list[Prompt], multimask: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        first = prompts[0]
+        points = boxes = masks = None
+        if first.points is not None:
+            coords = np.stack([self.transform.apply_coords(p.points, emb.original_size) for p in prompts])
+            labels = np.stack([p.labels for p in prompts])
+            points = (
+                torch.as_tensor(coords, dtype=torch.float32, device=self.device),
+                torch.as_tensor(labels, dtype=torch.int64, device=self.device),
+            )
+        if first.box is not None:
+            b = np.stack([self.transform.apply_boxes(p.box[None], emb.original_size)[0] for p in prompts])
+            boxes = torch.as_tensor(b, dtype=torch.float32, device=self.device)
+        if first.mask_logits is not None:
+            mk = np.stack([p.mask_logits for p in prompts])[:, None]
+            masks = torch.as_tensor(mk, dtype=torch.float32, device=self.device)
+        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks)
+        low_res, iou = self.model.mask_decoder(
+            image_embeddings=emb.features,
+            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+        )
+        return low_res.float().cpu().numpy(), iou.float().cpu().numpy()
+
+    @torch.inference_mode()
+    def upscale(self, emb: ImageEmbedding, low_res_logits: np.ndarray, frame: Frame = "image") -> np.ndarray:
+        """Map ``(N, 256, 256)`` low-res logits to ``(N, H, W)`` (image) or ``(N, h, w)``
+        (working) float32 logits, bilinear as SAM does; threshold at 0 for masks."""
+        h, w = emb.input_size
+        out_hw = emb.original_size if frame == "image" else emb.input_size
+        n = len(low_res_logits)
+        out = np.empty((n, *out_hw), np.float32)
+        per_mask = 4 * max(IMAGE_SIZE * IMAGE_SIZE, out_hw[0] * out_hw[1])
+        step = max(1, UPSCALE_BYTES // per_mask)
+        for s in range(0, n, step):
+            t = torch.as_tensor(low_res_logits[s : s + step], device=self.device)[:, None]
+            t = F.interpolate(t, (IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False)
+            t = t[..., :h, :w]
+            if frame == "image" and out_hw != (h, w):
+                t = F.interpolate(t, out_hw, mode="bilinear", align_corners=False)
+            out[s : s + step] = t[:, 0].cpu().numpy()
+        return out
