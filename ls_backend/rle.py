@@ -1,0 +1,163 @@
+"""Label Studio's brush RLE: a vectorised encoder and a general decoder.
+
+The editor stores a brush mask as the ``H x W x 4`` RGBA bytes of its canvas (row-major),
+packed with ``@thi.ng/rle-pack``.  The bitstream, most significant bit first:
+
+* 32 bits: number of words ``N`` (``H * W * 4`` for a brush mask);
+* 5 bits: word size - 1 (7 for bytes);
+* 4 x 4 bits: the four run-length field sizes - 1;
+* chunks: 1 flag bit, 2 bits choosing one of the four field sizes, ``size`` bits holding
+  ``count - 1``; then one word repeated ``count`` times (flag 1) or ``count`` literal
+  words (flag 0);
+* zero bits up to a byte boundary.
+
+The encoder writes what ``label_studio_sdk.converter.brush.mask2rle`` writes (field sizes
+3, 4, 8, 16; one chunk per run), without a Python loop over runs or bits.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+#: Run-length field sizes (bits) the encoder announces in the header, as the SDK does.
+RUN_SIZES = (3, 4, 8, 16)
+_MAX_RUN = 1 << RUN_SIZES[-1]
+
+
+class RLEError(ValueError):
+    """A brush RLE that cannot be decoded, or that does not fit the image size."""
+
+
+def _runs(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Run lengths ``(R,) int64`` and values ``(R,)`` of a non-empty 1-D array."""
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    starts = np.concatenate([[0], change])
+    lengths = np.diff(np.concatenate([starts, [flat.size]]))
+    return lengths.astype(np.int64), flat[starts]
+
+
+def _pack_fields(values: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    """Concatenate ``values[i]`` written in ``widths[i]`` bits (MSB first) into bits.
+
+    ``values`` ``(F,) int64`` non-negative, ``widths`` ``(F,) int64`` in 1..62.
+    Returns ``(sum(widths),) uint8`` of 0/1.
+    """
+    field = np.repeat(np.arange(values.size), widths)
+    ends = np.cumsum(widths)
+    # Position of each bit inside its field, counted from the field's last bit.
+    shift = ends[field] - 1 - np.arange(field.size)
+    return ((values[field] >> shift) & 1).astype(np.uint8)
+
+
+def _encode_runs(num: int, lengths: np.ndarray, values: np.ndarray) -> list[int]:
+    """Bitstream of ``num`` byte words given as runs ``lengths`` ``(R,) int64`` of ``values``."""
+    header = np.array([num, 8 - 1, *(s - 1 for s in RUN_SIZES)], np.int64)
+    header_bits = _pack_fields(header, np.array([32, 5, 4, 4, 4, 4], np.int64))
+    # Field size class per run (the SDK's choice): literal for a single word, else the
+    # smallest size that holds the run; runs above 2**16 split into 2**16-word chunks.
+    cls = np.searchsorted(np.array([8, 16, 256]), lengths, side="left")
+    n_chunks = -(-lengths // _MAX_RUN)
+    run = np.repeat(np.arange(lengths.size), n_chunks)
+    first_of_run = np.cumsum(n_chunks) - n_chunks
+    k = np.arange(run.size) - first_of_run[run]
+    count = np.where(k < n_chunks[run] - 1, _MAX_RUN, lengths[run] - k * _MAX_RUN)
+    size = np.asarray(RUN_SIZES, np.int64)[cls[run]]
+    flag = (lengths[run] > 1).astype(np.int64)
+    chunk = (((flag << 2 | cls[run]) << size | (count - 1)) << 8) | values[run].astype(np.int64)
+    bits = np.concatenate([header_bits, _pack_fields(chunk, 1 + 2 + size + 8)])
+    return np.packbits(bits).tolist()
+
+
+def encode_words(words: np.ndarray) -> list[int]:
+    """RLE of a 1-D array of byte words ``(N,) uint8`` (e.g. a flattened RGBA canvas)."""
+    words = np.asarray(words)
+    if words.ndim != 1 or words.dtype != np.uint8:
+        raise ValueError(f"words must be a 1-D uint8 array, got {words.shape} {words.dtype}")
+    if words.size == 0:
+        return _encode_runs(0, np.zeros(0, np.int64), np.zeros(0, np.uint8))
+    return _encode_runs(words.size, *_runs(words))
+
+
+def encode(mask: np.ndarray) -> list[int]:
+    """Brush RLE of a ``(H, W) bool`` mask in the image frame (pixels painted with 255).
+
+    Equals ``encode_words`` of the mask's RGBA canvas (each pixel as 4 equal bytes).
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2 or mask.size == 0:
+        raise ValueError(f"mask must be 2-D (H, W) and non-empty, got shape {mask.shape}")
+    lengths, values = _runs(mask.reshape(-1).astype(bool))
+    return _encode_runs(mask.size * 4, lengths * 4, np.where(values, 255, 0))
+
+
+class _BitReader:
+    """Reads big-endian bit fields of up to 32 bits from a byte string."""
+
+    def __init__(self, data: bytes):
+        self.data = data + b"\0" * 8
+        self.nbits = 8 * len(data)
+        self.pos = 0
+
+    def read(self, n: int) -> int:
+        if self.pos + n > self.nbits:
+            raise RLEError(f"RLE ends early: needs bit {self.pos + n}, has {self.nbits}")
+        start = self.pos >> 3
+        chunk = int.from_bytes(self.data[start : start + 5], "big")
+        value = (chunk >> (40 - (self.pos & 7) - n)) & ((1 << n) - 1)
+        self.pos += n
+        return value
+
+    def read_many(self, n_words: int, size: int) -> np.ndarray:
+        """``n_words`` consecutive fields of ``size`` bits as ``(n_words,) int64``."""
+        if self.pos + n_words * size > self.nbits:
+            raise RLEError("RLE ends inside a literal chunk")
+        first, last = self.pos >> 3, (self.pos + n_words * size + 7) >> 3
+        bits = np.unpackbits(np.frombuffer(self.data[first:last], np.uint8))
+        offset = self.pos - 8 * first
+        words = bits[offset : offset + n_words * size].reshape(n_words, size).astype(np.int64)
+        self.pos += n_words * size
+        return words @ (1 << np.arange(size - 1, -1, -1, dtype=np.int64))
+
+
+def decode_words(rle: Sequence[int] | bytes, expected: int | None = None) -> np.ndarray:
+    """Decode any rle-pack stream (any word size, run sizes, literal chunks) to ``(N,)`` words
+    (uint8 for word sizes up to 8 bits, else int64).
+
+    ``expected``, when given, is the required ``N``; it is checked before allocating.
+    """
+    try:
+        data = bytes(rle)
+    except (TypeError, ValueError) as exc:
+        raise RLEError(f"RLE must be a list of integers 0..255 ({exc})") from exc
+    reader = _BitReader(data)
+    num = reader.read(32)
+    if expected is not None and num != expected:
+        raise RLEError(f"RLE holds {num} values, expected {expected}")
+    word_size = reader.read(5) + 1
+    sizes = [reader.read(4) + 1 for _ in range(4)]
+    out = np.empty(num, np.uint8 if word_size <= 8 else np.int64)
+    pos = 0
+    while pos < num:
+        repeat = reader.read(1)
+        count = reader.read(sizes[reader.read(2)]) + 1
+        if pos + count > num:
+            raise RLEError(f"RLE chunk runs past the announced {num} values")
+        out[pos : pos + count] = reader.read(word_size) if repeat else reader.read_many(count, word_size)
+        pos += count
+    return out
+
+
+def decode(rle: Sequence[int] | bytes, height: int, width: int) -> np.ndarray:
+    """Decode a brush RLE to a ``(height, width) bool`` mask (pixels with non-zero alpha).
+
+    Raises:
+        RLEError: a malformed stream, or one whose size is not ``height * width * 4``
+            (the message gives the image size it was checked against).
+    """
+    try:
+        words = decode_words(rle, expected=height * width * 4)
+    except RLEError as exc:
+        raise RLEError(f"brush RLE for a {width}x{height} image: {exc}") from exc
+    return words.reshape(height, width, 4)[:, :, 3] > 0
