@@ -1,0 +1,71 @@
+"""The parts of a Label Studio labeling config the backend uses, parsed with the SDK."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from label_studio_sdk.label_interface import LabelInterface
+
+
+class LabelConfigError(ValueError):
+    """A labeling config the backend cannot work with; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """The brush output tag and the image it labels.
+
+    Attributes:
+        brush_from: ``name`` of the ``<BrushLabels>`` tag results are written to.
+        image_to: ``name`` of the ``<Image>`` tag it points to.
+        image_key: task data field holding the image URL (``$image`` -> ``image``).
+        labels: the brush labels, in config order.
+        smart_tools: ``from_name`` -> kind (``keypoints`` or ``rectangle``) of the
+            KeyPointLabels / RectangleLabels tags on the same image.
+    """
+
+    brush_from: str
+    image_to: str
+    image_key: str
+    labels: tuple[str, ...]
+    smart_tools: tuple[tuple[str, str], ...] = ()
+
+
+@lru_cache(maxsize=64)
+def parse_label_config(config: str) -> LabelConfig:
+    """Find the BrushLabels output and the smart tools of a labeling config.
+
+    Raises:
+        LabelConfigError: not valid XML, or no ``<BrushLabels>`` on an ``<Image>``.
+    """
+    if not isinstance(config, str) or not config.strip():
+        raise LabelConfigError("the labeling config is empty")
+    try:
+        interface = LabelInterface(config)
+    except Exception as exc:  # the SDK raises lxml, KeyError or its own errors
+        raise LabelConfigError(f"cannot parse the labeling config: {exc}") from exc
+    images = {o.name: o for o in interface.objects if o.tag.lower() == "image"}
+    brushes = [c for c in interface.controls if c.tag.lower() == "brushlabels" and c.to_name[0] in images]
+    if not brushes:
+        raise LabelConfigError(
+            "the labeling config has no <BrushLabels> on an <Image>; this backend writes brush "
+            'masks, add e.g. <BrushLabels name="brush" toName="image"><Label value="Cat"/></BrushLabels>'
+        )
+    brush = brushes[0]
+    if not brush.labels:
+        raise LabelConfigError(f'<BrushLabels name="{brush.name}"> has no <Label> children')
+    image = images[brush.to_name[0]]
+    kinds = {"keypointlabels": "keypoints", "rectanglelabels": "rectangle"}
+    smart = tuple(
+        (c.name, kinds[c.tag.lower()])
+        for c in interface.controls
+        if c.tag.lower() in kinds and c.to_name[0] == image.name
+    )
+    return LabelConfig(
+        brush_from=brush.name,
+        image_to=image.name,
+        image_key=image.value.lstrip("$"),
+        labels=tuple(brush.labels),
+        smart_tools=smart,
+    )

@@ -1,0 +1,116 @@
+"""Settings, labeling config parsing and the reference store."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+import numpy as np
+import pytest
+
+from ls_backend.config import Settings
+from ls_backend.label_config import LabelConfigError, parse_label_config
+from ls_backend.references import ReferenceStore, pack_mask, unpack_mask
+
+CONFIG = """<View>
+  <Image name="image" value="$image" zoom="true"/>
+  <BrushLabels name="brush" toName="image"><Label value="Cat"/><Label value="Dog"/></BrushLabels>
+  <KeyPointLabels name="kp" toName="image" smart="true">
+    <Label value="Cat" smart="true"/><Label value="Dog" smart="true"/>
+  </KeyPointLabels>
+  <RectangleLabels name="rect" toName="image" smart="true"><Label value="Cat"/><Label value="Dog"/></RectangleLabels>
+</View>"""
+
+
+def test_settings_from_env_parse_and_validate(tmp_path):
+    s = Settings.from_env({"MODEL_DIR": str(tmp_path), "MAX_REFERENCES": "3", "ALLOWED_IMAGE_HOSTS": "a, B",
+                           "LABEL_STUDIO_URL": "http://h:8080/", "IMAGE_TIMEOUT": "2.5"})
+    assert s.model_dir == tmp_path and s.max_references == 3 and s.allowed_hosts == ("a", "b")
+    assert s.label_studio_url == "http://h:8080" and s.image_timeout == 2.5
+    with pytest.raises(ValueError, match="BASIC_AUTH_PASS"):
+        Settings.from_env({"BASIC_AUTH_USER": "u"})
+    with pytest.raises(ValueError, match="max_references"):
+        Settings.from_env({"MAX_REFERENCES": "many"})
+
+
+def test_label_config_finds_brush_and_smart_tools():
+    cfg = parse_label_config(CONFIG)
+    assert (cfg.brush_from, cfg.image_to, cfg.image_key) == ("brush", "image", "image")
+    assert cfg.labels == ("Cat", "Dog")
+    assert dict(cfg.smart_tools) == {"kp": "keypoints", "rect": "rectangle"}
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ("", "empty"),
+        ("<View><Image name='i' value='$img'/>", "cannot parse"),
+        ("<View><Image name='i' value='$img'/><RectangleLabels name='r' toName='i'><Label value='A'/>"
+         "</RectangleLabels></View>", "no <BrushLabels>"),
+    ],
+)
+def test_label_config_errors_say_what_to_fix(config, message):
+    with pytest.raises(LabelConfigError, match=message):
+        parse_label_config(config)
+
+
+def test_mask_packing_round_trip():
+    rng = np.random.default_rng(0)
+    mask = rng.random((37, 61)) < 0.3
+    assert np.array_equal(unpack_mask(pack_mask(mask), 37, 61), mask)
+
+
+def _masks(n: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(n)
+    return [rng.random((20, 30)) < 0.5 for _ in range(n)]
+
+
+def test_references_survive_reopen_and_delete(tmp_path):
+    store = ReferenceStore(tmp_path)
+    a, b, c = _masks(3)
+    store.replace_annotation("1", 10, 5, "/data/upload/1/a.png", [("0:x", "Cat", a), ("1:y", "Dog", b)])
+    store.replace_annotation("1", 11, 6, "/data/upload/1/b.png", [("0:z", "Cat", c)])
+    store.replace_annotation("2", 12, 7, "/data/upload/2/c.png", [("0:w", "Cat", c)])
+    reopened = ReferenceStore(tmp_path)
+    cats = reopened.references("1", "Cat", limit=8)
+    assert [r.annotation for r in cats] == [11, 10]  # newest first, one project only
+    assert np.array_equal(cats[1].mask, a) and cats[1].image_url == "/data/upload/1/a.png"
+    reopened.put_features(cats[0], "sam", np.arange(4, dtype=np.float32))
+    assert reopened.features(cats[0], "sam").tolist() == [0, 1, 2, 3]
+    assert reopened.features(cats[0], "dinov2") is None
+    # An update replaces the annotation's regions; a delete removes them and their features.
+    reopened.replace_annotation("1", 11, 6, "/data/upload/1/b.png", [])
+    assert reopened.count("1") == {"Cat": 1, "Dog": 1}
+    assert reopened.delete_annotation(None, 10) == 2
+    assert reopened.count("1") == {} and reopened.count("2") == {"Cat": 1}
+
+
+def test_drafts_pair_with_final_annotations(tmp_path):
+    store = ReferenceStore(tmp_path)
+    draft, final, other = _masks(3)
+    store.put_draft("1", 5, "Cat", "/img.png", draft)
+    assert store.pair_annotation("1", 10, 5, {"Cat": final, "Dog": other}) == 1  # no Dog draft
+    (pair,) = store.pairs()
+    assert pair.label == "Cat" and np.array_equal(pair.draft, draft) and np.array_equal(pair.final, final)
+    assert store.pair_annotation("1", 10, 5, {"Cat": final[:10]}) == 0  # size mismatch -> no pair
+    assert store.pairs() == []
+    path = tmp_path / "router-1.pt"
+    assert store.current_router() is None
+    assert store.add_router(path, 3, {"gain": 0.1}) == 1 and store.current_router() == (1, path)
+
+
+def _write_then_die(path: str) -> None:
+    store = ReferenceStore(path)
+    store.replace_annotation("1", 1, 1, "/a.png", [("0", "Cat", np.ones((8, 8), bool))])
+    with store._tx() as db:  # a write in progress when the process dies
+        db.execute("DELETE FROM refs")
+        os._exit(1)
+
+
+def test_crash_mid_write_keeps_committed_data(tmp_path):
+    proc = multiprocessing.get_context("fork").Process(target=_write_then_die, args=(str(tmp_path),))
+    proc.start()
+    proc.join(30)
+    assert proc.exitcode == 1
+    refs = ReferenceStore(tmp_path).references("1", "Cat", 8)
+    assert len(refs) == 1 and refs[0].mask.all()
