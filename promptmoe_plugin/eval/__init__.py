@@ -1,0 +1,1 @@
+"""Evaluation harness: datasets, metrics, coarse masks, click simulation and benchmarks."""
