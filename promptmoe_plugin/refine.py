@@ -1,0 +1,269 @@
+"""Mask refinement behind one function: PromptMoE variants and the baselines.
+
+``refine(engine, image, coarse, variant)`` embeds the image once (through the engine's
+cache), moves the coarse mask to SAM's working frame (long side 1024), builds expert maps,
+fuses them, places prompts and decodes there, and only upsamples the final low-res
+logits to the image frame.
+
+Variants: ``full`` (the selector picks 2 of the available experts), ``lite`` (the selector
+over the six cheap experts), ``dense`` (all available experts, equal weights), and the
+baselines ``samrefiner``, ``dualsight``, ``sam-box`` and ``unrefined`` (the input).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .baselines import dualsight_prompt, sam_box_prompt, samrefiner_points
+from .experts import CHEAP_EXPERTS, EXPERTS, ExpertInput, available_experts, depth_estimator, expert_maps
+from .experts.geometry import to_working
+from .fusion import fuse
+from .ppe import GAMMA, STRENGTH, place_points, refinement_prompt
+from .router import Router, context_features, load_router
+from .sam import ImageEmbedding, Prompt, SamEngine
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("full", "lite", "dense", "samrefiner", "dualsight", "sam-box", "unrefined")
+
+#: Defaults of the options ``refine`` accepts (the paper's settings; iterations as SAMRefiner's loop).
+DEFAULTS: dict[str, Any] = {
+    "k": 5,  # PPE positives
+    "lam": 0.05,  # PPE suppressed share of the mask per point
+    "iterations": 3,  # prompt -> decode rounds (full, lite, dense, samrefiner)
+    "gamma": GAMMA,
+    "strength": STRENGTH,
+    "budget": 2,  # experts the selector keeps
+    "grid": 6,  # SAM-everything grid side
+    "depth_model": None,  # path or hub id; default $PROMPTMOE_DEPTH_MODEL; None: no depth expert
+    "router": None,  # Router, weights path, or None for the shipped weights
+}
+
+
+@dataclass
+class Refinement:
+    """A refined mask and how it was made.
+
+    Attributes:
+        mask: ``(H, W) bool`` image frame.
+        score: SAM's predicted IoU of the result (NaN for ``unrefined``).
+        timings: seconds per stage (``encode`` is the wall time of the embedding lookup,
+            ``embed_encoder`` the encoder's own time, 0 when the embedding was cached).
+        points: ``(k, 2)`` image pixels of the final prompt's points, ``labels`` ``(k,)`` 1/0,
+            ``box`` ``(4,)`` image pixels or None.
+        experts: the experts used and their weights (PromptMoE variants).
+    """
+
+    mask: np.ndarray
+    score: float
+    timings: dict[str, float]
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    box: np.ndarray | None = None
+    experts: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def prompts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The final prompts for drawing: ``(points, labels, box)`` in image pixels."""
+        return self.points, self.labels, self.box
+
+
+class _Clock:
+    """Accumulates wall time per stage."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.timings[stage] = self.timings.get(stage, 0.0) + now - self._t
+        self._t = now
+
+
+def _iterate(
+    engine: SamEngine,
+    emb: ImageEmbedding,
+    mask: np.ndarray,
+    positives: Callable[[np.ndarray], np.ndarray],
+    iterations: int,
+    gamma: float,
+    strength: float,
+    clock: _Clock,
+) -> tuple[np.ndarray, float, Prompt] | None:
+    """Prompt, decode, take the most confident mask, repeat from it.
+
+    ``mask`` ``(h, w) bool`` working frame; ``positives(mask) -> (n, 2)`` working-frame
+    points.  Returns the last ``(256, 256)`` logits, their predicted IoU and prompt, or
+    None when the first decode came back empty.
+    """
+    result = None
+    for _ in range(max(1, iterations)):
+        prompt = refinement_prompt(emb, mask, positives(mask), gamma, strength)
+        clock.lap("prompts")
+        out = engine.decode(emb, [prompt], multimask=True, frame="none")
+        i = int(out.best()[0])
+        logits, score = out.low_res_logits[0, i], float(out.iou[0, i])
+        clock.lap("decode")
+        new = engine.upscale(emb, logits[None], "working")[0] > 0
+        clock.lap("upscale")
+        if not new.any():
+            break
+        mask, result = new, (logits, score, prompt)
+    return result
+
+
+def _decode_pick(engine, emb, prompt: Prompt, clock: _Clock, reference: np.ndarray | None = None):
+    """One multimask decode; the candidate with the best predicted IoU, or the best IoU
+    with ``reference`` ``(h, w) bool`` working frame when given."""
+    out = engine.decode(emb, [prompt], multimask=True, frame="none")
+    clock.lap("decode")
+    if reference is None:
+        i = int(out.best()[0])
+    else:
+        cands = engine.upscale(emb, out.low_res_logits[0], "working") > 0
+        inter = (cands & reference).sum(axis=(1, 2))
+        union = np.maximum((cands | reference).sum(axis=(1, 2)), 1)
+        i = int(np.argmax(inter / union))
+        clock.lap("upscale")
+    return out.low_res_logits[0, i], float(out.iou[0, i])
+
+
+def _router(value) -> Router:
+    return value if isinstance(value, Router) else load_router(value)
+
+
+def refine(
+    engine: SamEngine,
+    image: np.ndarray,
+    coarse: np.ndarray,
+    variant: str = "full",
+    *,
+    seed: int = 0,
+    **options: Any,
+) -> Refinement:
+    """Refine a coarse mask.
+
+    Args:
+        engine: the shared SAM engine; the image is embedded once (cached).
+        image: ``(H, W, 3) uint8`` RGB.
+        coarse: ``(H, W) bool`` non-empty coarse mask, image frame.
+        variant: one of :data:`VARIANTS`.
+        seed: seeds the random parts (DualSight's negative point).
+        options: overrides of :data:`DEFAULTS`.
+
+    Returns:
+        :class:`Refinement` with the ``(H, W) bool`` mask in the image frame.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    unknown = set(options) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown refine options {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+    opt = {**DEFAULTS, **options}
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
+    coarse = np.asarray(coarse)
+    if coarse.shape != image.shape[:2]:
+        raise ValueError(f"coarse mask is {coarse.shape} but the image is {image.shape[:2]} (H, W)")
+    coarse = coarse.astype(bool)
+    if not coarse.any():
+        raise ValueError("the coarse mask is empty: nothing to refine")
+    clock = _Clock()
+    if variant == "unrefined":
+        clock.lap("prepare")
+        return Refinement(coarse.copy(), float("nan"), clock.timings)
+    emb = engine.embed(image)
+    clock.lap("encode")
+    clock.timings["embed_encoder"] = emb.encode_seconds
+    m0 = to_working(emb, coarse)
+    clock.lap("prepare")
+    weights: dict[str, float] = {}
+    if variant == "sam-box":
+        prompt = sam_box_prompt(emb, m0)
+        clock.lap("prompts")
+        logits, score = _decode_pick(engine, emb, prompt, clock)
+    elif variant == "dualsight":
+        prompt = dualsight_prompt(emb, m0, np.random.default_rng(seed))
+        clock.lap("prompts")
+        logits, score = _decode_pick(engine, emb, prompt, clock, reference=m0)
+    else:
+        if variant == "samrefiner":
+            place = samrefiner_points
+        else:
+            depth = depth_estimator(opt["depth_model"])
+            names = available_experts(depth, CHEAP_EXPERTS if variant == "lite" else EXPERTS)
+            if variant == "dense":
+                weights = {n: 1.0 for n in names}
+            else:
+                weights = _router(opt["router"]).select(context_features(emb, m0), names, opt["budget"])
+            clock.lap("router")
+            maps = expert_maps(list(weights), ExpertInput(engine, emb, m0, depth, opt["grid"]))
+            clock.lap("experts")
+            saliency = fuse(list(maps.values()), list(weights.values()))
+            clock.lap("fusion")
+            k, lam = opt["k"], opt["lam"]
+
+            def place(mask: np.ndarray) -> np.ndarray:
+                return place_points(saliency, mask, k, lam)
+
+        result = _iterate(engine, emb, m0, place, opt["iterations"], opt["gamma"], opt["strength"], clock)
+        if result is None:
+            log.warning("refinement produced an empty mask; returning the coarse mask")
+            return Refinement(coarse.copy(), 0.0, clock.timings, experts=weights)
+        logits, score, prompt = result
+    mask = engine.upscale(emb, logits[None], "image")[0] > 0
+    clock.lap("upscale")
+    if not mask.any():
+        log.warning("refinement produced an empty mask; returning the coarse mask")
+        mask = coarse.copy()
+    points = prompt.points if prompt.points is not None else np.zeros((0, 2))
+    labels = prompt.labels if prompt.labels is not None else np.zeros(0, np.int64)
+    return Refinement(mask, score, clock.timings, points, labels, prompt.box, weights)
+
+
+def _run_refine(args: argparse.Namespace) -> int:
+    from .cli import make_engine
+    from .images import load_image, load_mask, save_mask
+
+    image = load_image(args.image)
+    coarse = load_mask(args.mask, shape=image.shape[:2])
+    options = {"router": args.router} if args.router else {}
+    if args.depth_model:
+        options["depth_model"] = args.depth_model
+    result = refine(make_engine(args), image, coarse, args.variant, seed=args.seed, **options)
+    save_mask(result.mask, args.out)
+    if args.overlay:
+        from PIL import Image
+
+        from .overlay import draw_overlay
+
+        art = draw_overlay(image, result.mask, coarse=coarse, points=result.points, labels=result.labels, box=result.box)
+        Image.fromarray(art).save(args.overlay)
+    stages = " ".join(f"{k}={v:.3f}s" for k, v in result.timings.items())
+    experts = " ".join(f"{k}:{v:.2f}" for k, v in result.experts.items())
+    print(f"{args.variant}: predicted IoU {result.score:.3f}; {stages}" + (f"; experts {experts}" if experts else ""))
+    return 0
+
+
+def add_refine(sub, bench) -> None:
+    from .cli import add_engine_options
+
+    p = sub.add_parser("refine", help="refine a coarse mask (PromptMoE or a baseline) and write the result PNG")
+    p.add_argument("--image", required=True, help="image file")
+    p.add_argument("--mask", required=True, help="coarse mask image (non-zero = object), same size as the image")
+    p.add_argument("--variant", default="full", choices=VARIANTS, help="method (default full)")
+    p.add_argument("-o", "--out", required=True, help="refined mask PNG to write (0/255)")
+    p.add_argument("--overlay", help="also write an overlay PNG (result, input contour, prompts)")
+    p.add_argument("--router", help="selector weights (default: the shipped weights)")
+    p.add_argument("--depth-model", help="depth model path or hub id (env PROMPTMOE_DEPTH_MODEL; default: no depth expert)")
+    p.add_argument("--seed", type=int, default=0)
+    add_engine_options(p)
+    p.set_defaults(func=_run_refine)
