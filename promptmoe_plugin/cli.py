@@ -101,9 +101,12 @@ def add_bench_engine(sub: Subparsers, bench: Subparsers) -> None:
     p.set_defaults(func=_run_bench_engine)
 
 
+from .refine import add_refine  # noqa: E402
+from .router import add_train_router  # noqa: E402
+
 #: Functions ``add(sub, bench)`` that register a command (``sub``) or a benchmark
 #: (``bench``, the subcommands of ``promptmoe bench``).
-COMMANDS: list[Callable[[Subparsers, Subparsers], None]] = [add_demo, add_bench_engine]
+COMMANDS: list[Callable[[Subparsers, Subparsers], None]] = [add_demo, add_bench_engine, add_refine, add_train_router]
 
 
 def build_parser(extra: Sequence[Callable[[Subparsers, Subparsers], None]] = ()) -> argparse.ArgumentParser:
