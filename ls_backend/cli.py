@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from promptmoe_plugin.cli import Subparsers, add_engine_options
+from promptmoe_plugin.cli import Subparsers
 from promptmoe_plugin.cli import main as plugin_main
+
+from .config import add_backend_options
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -20,7 +22,7 @@ def add_serve(sub: Subparsers, bench: Subparsers) -> None:
     p = sub.add_parser("serve", help="run the Label Studio ML backend HTTP server (development server)")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     p.add_argument("--port", type=int, default=9090, help="port to listen on (default 9090)")
-    add_engine_options(p)
+    add_backend_options(p)
     p.set_defaults(func=_run_serve)
 
 

@@ -1,0 +1,231 @@
+"""The ML backend's HTTP protocol through Flask's test client, with the real MobileSAM."""
+
+from __future__ import annotations
+
+import base64
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ls_backend import rle
+from ls_backend.config import Settings
+from ls_backend.model import PromptMoEModel
+from ls_backend.server import create_app
+
+CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <BrushLabels name="brush" toName="image"><Label value="Person"/><Label value="Table"/></BrushLabels>
+  <KeyPointLabels name="kp" toName="image" smart="true"><Label value="Person"/><Label value="Table"/></KeyPointLabels>
+  <RectangleLabels name="rect" toName="image" smart="true"><Label value="Person"/><Label value="Table"/></RectangleLabels>
+</View>"""
+IMAGE = "/data/local-files/?d=voc.png"
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+@pytest.fixture(scope="module")
+def scene(voc, tmp_path_factory):
+    """The VOC photo as a local file, and ground-truth masks of a few objects."""
+    root = tmp_path_factory.mktemp("files")
+    Image.fromarray(voc["rgb"]).save(root / "voc.png")
+    masks = voc["masks"]
+    gt = {"person_left": masks[15], "person_right": masks[17], "table": masks[18]}
+    return root, gt
+
+
+@pytest.fixture(scope="module")
+def model(engine, scene, tmp_path_factory):
+    settings = Settings(model_dir=tmp_path_factory.mktemp("model_dir"), local_files_root=scene[0], selector="sam")
+    return PromptMoEModel(engine, settings)
+
+
+@pytest.fixture()
+def client(model):
+    return create_app(model).test_client()
+
+
+def _kp(x: float, y: float, label: str, positive: bool = True, h: int = 375, w: int = 500) -> dict:
+    return {"original_width": w, "original_height": h, "image_rotation": 0, "from_name": "kp", "to_name": "image",
+            "type": "keypointlabels", "origin": "manual", "is_positive": positive,
+            "value": {"x": 100 * x / w, "y": 100 * y / h, "width": 0.5, "keypointlabels": [label]}}
+
+
+def _brush(mask: np.ndarray, label: str) -> dict:
+    h, w = mask.shape
+    return {"original_width": w, "original_height": h, "image_rotation": 0, "from_name": "brush", "to_name": "image",
+            "type": "brushlabels", "value": {"format": "rle", "rle": rle.encode(mask), "brushlabels": [label]}}
+
+
+def _predict(client, tasks, context=None, config=CONFIG):
+    return client.post("/predict", json={"tasks": tasks, "project": "1.1700000000", "label_config": config,
+                                         "params": {"login": None, "password": None, "context": context}})
+
+
+def _masks(prediction: dict) -> list[tuple[str, np.ndarray]]:
+    out = []
+    for r in prediction["result"]:
+        assert r["type"] == "brushlabels" and r["from_name"] == "brush" and r["to_name"] == "image"
+        h, w = r["original_height"], r["original_width"]
+        out.append((r["value"]["brushlabels"][0], rle.decode(r["value"]["rle"], h, w)))
+    return out
+
+
+def _coarse(mask: np.ndarray) -> np.ndarray:
+    """A blocky draft: the mask at 1/16 resolution, nearest-upsampled."""
+    small = mask[::16, ::16]
+    up = np.kron(small, np.ones((16, 16), bool))[: mask.shape[0], : mask.shape[1]]
+    out = np.zeros_like(mask)
+    out[: up.shape[0], : up.shape[1]] = up
+    return out
+
+
+def test_health_setup_metrics(client):
+    r = client.get("/health")
+    assert r.status_code == 200 and r.json["status"] == "UP" and r.json["model_class"] == "PromptMoEModel"
+    r = client.post("/setup", json={"project": "1.1700000000", "schema": CONFIG, "hostname": "http://x", "access_token": "t"})
+    assert r.status_code == 200 and r.json["model_version"].startswith("promptmoe-")
+    assert client.get("/metrics").json["requests"]["/setup"]["requests"] >= 1
+
+
+@pytest.mark.parametrize(
+    "path, body, status, message",
+    [
+        ("/setup", None, 400, "JSON object"),
+        ("/setup", {"project": "1"}, 400, "missing field(s) schema"),
+        ("/setup", {"schema": "<View><Image name='i' value='$i'/></View>"}, 422, "no <BrushLabels>"),
+        ("/setup", {"schema": "<View"}, 422, "cannot parse"),
+        ("/predict", {}, 400, "missing field(s) tasks"),
+        ("/predict", {"tasks": [], "label_config": CONFIG}, 400, "non-empty list"),
+        ("/predict", {"tasks": "x", "label_config": CONFIG}, 400, "non-empty list"),
+        ("/predict", {"tasks": [{"data": {}}]}, 400, "label_config"),
+        ("/predict", {"tasks": [{"data": {}}], "label_config": CONFIG, "params": {"context": 3}}, 400, "context"),
+        ("/predict", {"tasks": [{"data": {}}], "label_config": CONFIG, "params": {"context": {"result": 1}}}, 400, "result"),
+        ("/webhook", {"project": {}}, 400, "missing field(s) action"),
+        ("/webhook", {"action": "ANNOTATION_CREATED", "project": {"id": 1, "label_config": CONFIG}}, 422, "annotation.id"),
+        ("/webhook", {"action": "ANNOTATIONS_DELETED", "annotations": []}, 422, "without annotation ids"),
+    ],
+)
+def test_bad_requests_get_4xx_json(client, path, body, status, message):
+    r = client.post(path, json=body) if body is not None else client.post(path, data="not json")
+    assert r.status_code == status and r.json["status"] == status
+    assert message in r.json["detail"]
+    assert client.get("/health").status_code == 200  # still serving
+    assert client.get("/nope").status_code == 404 and client.get("/nope").json["status"] == 404
+
+
+def test_unknown_webhook_event(client):
+    r = client.post("/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": 1}})
+    assert r.status_code == 200 and r.json == {"status": "Unknown event"}
+
+
+def test_keypoints_box_and_labels_never_merged(client, model, scene):
+    _, gt = scene
+    task = {"id": 1, "data": {"image": IMAGE}}
+    ctx = {"result": [_kp(80, 300, "Person"), _kp(430, 200, "Person"), _kp(300, 340, "Table")]}
+    (pred,) = _predict(client, [task], ctx).json["results"]
+    masks = _masks(pred)
+    assert sorted(label for label, _ in masks) == ["Person", "Person", "Table"]
+    persons = [m for label, m in masks if label == "Person"]
+    table = next(m for label, m in masks if label == "Table")
+    assert max(iou(m, gt["person_left"]) for m in persons) > 0.6
+    assert max(iou(m, gt["person_right"]) for m in persons) > 0.6
+    assert iou(table, gt["table"]) > 0.35 and pred["model_version"].startswith("promptmoe-")
+    # A later negative click reuses the cached sessions: no new encode, one object changes.
+    encodes = model.engine.stats().encodes
+    ctx["result"].append(_kp(60, 370, "Person", positive=False))
+    (pred2,) = _predict(client, [task], ctx).json["results"]
+    assert model.engine.stats().encodes == encodes and len(pred2["result"]) == 3
+
+    y0, x0, y1, x1 = 64, 377, 239, 500
+    box = {"original_width": 500, "original_height": 375, "from_name": "rect", "to_name": "image",
+           "type": "rectanglelabels", "value": {"x": x0 / 5, "y": y0 / 3.75, "width": (x1 - x0) / 5,
+                                                "height": (y1 - y0) / 3.75, "rectanglelabels": ["Person"]}}
+    (pred,) = _predict(client, [task], {"result": [box]}).json["results"]
+    ((label, mask),) = _masks(pred)
+    assert label == "Person" and iou(mask, gt["person_right"]) > 0.7
+
+
+def test_brush_draft_is_refined(client, scene):
+    _, gt = scene
+    draft = _coarse(gt["person_left"])
+    task = {"id": 2, "data": {"image": IMAGE}}
+    (pred,) = _predict(client, [task], {"result": [_brush(draft, "Person")]}).json["results"]
+    ((label, mask),) = _masks(pred)
+    assert label == "Person" and iou(mask, gt["person_left"]) > max(0.7, iou(draft, gt["person_left"]) - 0.05)
+    assert 0 < pred["score"] <= 1
+
+
+def test_batch_predictions_refine_drafts_and_isolate_bad_tasks(client, scene):
+    root, gt = scene
+    Image.fromarray(np.where(gt["table"], 2, 0).astype(np.uint8)).save(root / "labels.png")
+    tasks = [
+        {"id": 3, "data": {"image": IMAGE},
+         "predictions": [{"model_version": "drafts", "result": [_brush(_coarse(gt["person_right"]), "Person")]}]},
+        {"id": 4, "data": {"image": "/data/local-files/?d=missing.png"}},
+        {"id": 5, "data": {"image": IMAGE, "mask": "/data/local-files/?d=labels.png"}},
+        {"id": 6, "data": {"image": IMAGE}},
+        {"id": 7, "data": {"image": IMAGE}, "predictions": [{"result": [dict(_brush(gt["table"], "Table"),
+                                                                             original_width=10)]}]},
+    ]
+    r = _predict(client, tasks)
+    assert r.status_code == 200
+    p3, p4, p5, p6, p7 = r.json["results"]
+    ((label, mask),) = _masks(p3)
+    assert label == "Person" and iou(mask, gt["person_right"]) > 0.7 and p3["score"] > 0
+    assert p4["result"] == [] and "missing.png" in p4["error"] and "no file" in p4["error"]
+    ((label, mask),) = _masks(p5)
+    assert label == "Table" and iou(mask, gt["table"]) > 0.6
+    assert p6["result"] == [] and p6["score"] == 0
+    assert "10x375" in p7["error"]
+
+
+def _annotation_event(action: str, ann_id: int, results: list) -> dict:
+    return {"action": action, "project": {"id": 1, "label_config": CONFIG},
+            "task": {"id": 3, "data": {"image": IMAGE}}, "annotation": {"id": ann_id, "result": results}}
+
+
+def test_webhook_stores_references_and_pairs_then_trains(client, model, scene):
+    _, gt = scene
+    results = [_brush(gt["person_right"], "Person"), _brush(gt["table"], "Table")]
+    r = client.post("/webhook", json=_annotation_event("ANNOTATION_CREATED", 100, results))
+    assert r.status_code == 201 and r.json["status"] == "ok"
+    assert r.json["result"]["references"] == 2 and r.json["result"]["features"] == 2
+    assert r.json["result"]["pairs"] == 1  # task 3's Person draft was refined above
+    assert model.store.count("1") == {"Person": 1, "Table": 1}
+    r = client.post("/webhook", json=_annotation_event("ANNOTATION_UPDATED", 100, results[:1]))
+    assert r.status_code == 201 and model.store.count("1") == {"Person": 1}
+    version = model.model_version
+    r = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1}})
+    assert r.status_code == 201 and r.json["result"]["trained"] is True
+    assert model.model_version != version and model.model_version.endswith("-r1")
+    assert client.post("/setup", json={"schema": CONFIG}).json["model_version"] == model.model_version
+    r = client.post("/webhook", json={"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 100}]})
+    assert r.status_code == 201 and r.json["result"]["deleted_references"] == 1 and model.store.count("1") == {}
+
+
+def test_basic_auth(engine, tmp_path):
+    app = create_app(PromptMoEModel(engine, Settings(model_dir=tmp_path, basic_auth_user="u", basic_auth_pass="p")))
+    c = app.test_client()
+    assert c.get("/health").status_code == 401
+    good = base64.b64encode(b"u:p").decode()
+    assert c.get("/health", headers={"Authorization": f"Basic {good}"}).status_code == 200
+
+
+def test_concurrent_requests(client, scene):
+    task = {"id": 8, "data": {"image": IMAGE}}
+    statuses = []
+
+    def call(x: float):
+        r = _predict(client, [task], {"result": [_kp(x, 300, "Person")]})
+        statuses.append((r.status_code, len(r.json["results"][0]["result"])))
+
+    threads = [threading.Thread(target=call, args=(60 + 10 * i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [(200, 1)] * 4
