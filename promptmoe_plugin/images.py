@@ -18,8 +18,8 @@ log = logging.getLogger(__name__)
 
 ImageSource = Union[str, Path, bytes, BinaryIO]
 
-#: Refuse images above this many pixels (PIL's own bomb limit is 178 MP; a 8000x6000
-#: photo is 48 MP).  SAM works at a long side of 1024, so larger inputs buy nothing.
+#: Refuse images above this many pixels (a 8000x6000 photo is 48 MP).  SAM works at a
+#: long side of 1024, so larger inputs buy nothing.
 MAX_PIXELS = 250_000_000
 
 
@@ -42,19 +42,20 @@ def _open(source: ImageSource) -> Image.Image:
         source = io.BytesIO(source)
     if isinstance(source, (str, Path)) and not Path(source).is_file():
         raise ImageError(f"{name}: no such file")
-    previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     try:
         with Image.open(source) as img:
+            pixels = img.width * img.height
+            if pixels > MAX_PIXELS:
+                raise ImageError(
+                    f"{name}: {img.width}x{img.height} is {pixels / 1e6:.0f} MP, above the "
+                    f"{MAX_PIXELS / 1e6:.0f} MP limit"
+                )
+            if pixels == 0:
+                raise ImageError(f"{name}: image has no pixels")
             img.load()
-            img = ImageOps.exif_transpose(img)
+            return ImageOps.exif_transpose(img)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as exc:
         raise ImageError(f"{name}: not a readable image ({exc})") from exc
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
-    if img.width < 1 or img.height < 1:
-        raise ImageError(f"{name}: image has no pixels")
-    return img
 
 
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
