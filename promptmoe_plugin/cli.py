@@ -104,6 +104,8 @@ def add_bench_engine(sub: Subparsers, bench: Subparsers) -> None:
 from .refine import add_refine  # noqa: E402
 from .router import add_train_router  # noqa: E402
 
+from .smartsam.cli import add_segment  # noqa: E402
+
 #: Functions ``add(sub, bench)`` that register a command (``sub``) or a benchmark
 #: (``bench``, the subcommands of ``promptmoe bench``).
 COMMANDS: list[Callable[[Subparsers, Subparsers], None]] = [add_demo, add_bench_engine, add_refine, add_train_router]

@@ -1,0 +1,303 @@
+"""SmartSAM click session: one click in, the object the annotator meant out.
+
+The first click runs the agent (Sec. 3.2 of the SmartSAM paper):
+
+1. prior initial sampler: the user's click plus sampled points and boxes around it, all
+   decoded in one batched call with three masks each;
+2. next chain clickers: from the best candidates, chains of agent clicks (Add / Cut in
+   uncertain regions), every step of every chain decoded in one batched call;
+3. intent selector: among candidates that contain the click, the one most similar to the
+   reference instances (or, without references, the highest predicted IoU).
+
+All candidates live as low-res logits (see :mod:`.frames`); only the chosen one is
+upscaled.  Later clicks are plain SAM interaction from the chosen candidate (its low-res
+logits as mask prompt), as :class:`~promptmoe_plugin.clicks.SamClickSession` does.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, fields
+from typing import Sequence
+
+import numpy as np
+
+from ..clicks import SamClickSession
+from ..sam import ImageEmbedding, Prompt, SamEngine
+from .chains import next_click
+from .frames import crop_logits, lowres_to_image, pixel_of
+from .sampler import SamplerConfig, sample_boxes, sample_points
+from .selectors import Selector, make_selector, similarity
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SmartSamConfig:
+    """Agent settings (the paper's are 6 points, 3 boxes, chains from all 30 candidates,
+    3 steps each; the defaults here are tuned for the CPU latency budget, see README).
+
+    Attributes:
+        n_points, n_boxes, beta: the prior initial sampler (:class:`SamplerConfig`).
+        n_chains: chains started from the best candidates containing the click (by
+            predicted IoU, after merging near-duplicates).
+        chain_steps: agent clicks per chain.
+        rho: uncertainty level of the chain clickers (:func:`.chains.uncertain_regions`).
+        duplicate_iou: candidates overlapping more than this are merged.
+        reduce: ``"max"`` or ``"mean"`` similarity over several references.
+        iou_weight: weight of SAM's predicted IoU added to the reference similarity.
+    """
+
+    n_points: int = 6
+    n_boxes: int = 3
+    beta: float = 0.1
+    n_chains: int = 3
+    chain_steps: int = 3
+    rho: float = 0.5
+    duplicate_iou: float = 0.95
+    reduce: str = "max"
+    iou_weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("n_points", "n_boxes", "n_chains", "chain_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.beta <= 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}")
+        if self.reduce not in ("max", "mean"):
+            raise ValueError(f"reduce must be 'max' or 'mean', got {self.reduce!r}")
+
+    @classmethod
+    def from_options(cls, options: dict) -> "SmartSamConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(options) - known
+        if unknown:
+            raise ValueError(f"unknown SmartSAM options {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**options)
+
+
+@dataclass
+class CandidatePool:
+    """Candidate masks of one first click, all in the low-res frame.
+
+    Attributes:
+        logits: ``(N, 256, 256) float32`` low-res logits (mask prompts for later clicks).
+        iou: ``(N,) float32`` SAM's predicted IoU.
+        prompts: the prompt each candidate was decoded from.
+        source: ``(N,)`` where it came from: ``"click"``, ``"point"``, ``"box"`` or
+            ``"chain"``.
+        chain: ``(N,) int`` chain index of chain candidates, -1 for the sampler's.
+        step: ``(N,) int`` chain step (1, 2, ...), 0 for the sampler's.
+    """
+
+    logits: np.ndarray = field(default_factory=lambda: np.zeros((0, 256, 256), np.float32))
+    iou: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    prompts: list[Prompt] = field(default_factory=list)
+    source: list[str] = field(default_factory=list)
+    chain: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    step: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def add(
+        self,
+        logits: np.ndarray,
+        iou: np.ndarray,
+        prompts: Sequence[Prompt],
+        source: Sequence[str],
+        chain: Sequence[int] | None = None,
+        step: int = 0,
+    ) -> None:
+        """Append ``(K, 256, 256)`` logits with their ``(K,)`` IoU, prompts, sources and
+        (for chain steps) chain indices and step number."""
+        self.logits = np.concatenate([self.logits, logits])
+        self.iou = np.concatenate([self.iou, iou.astype(np.float32)])
+        self.prompts.extend(prompts)
+        self.source.extend(source)
+        self.chain = np.concatenate([self.chain, np.full(len(iou), -1) if chain is None else np.asarray(chain)])
+        self.step = np.concatenate([self.step, np.full(len(iou), step)])
+
+    def __len__(self) -> int:
+        return len(self.iou)
+
+
+def _duplicates(masks: np.ndarray, iou: np.ndarray, threshold: float) -> np.ndarray:
+    """``(N,) bool`` candidates to drop: each one overlapping a better-scored kept one by
+    IoU > ``threshold``.  ``masks`` ``(N, lh, lw) bool`` low-res, ``iou`` ``(N,)``."""
+    flat = masks.reshape(len(masks), -1).astype(np.float32)
+    inter = flat @ flat.T
+    area = np.diag(inter)
+    overlap = inter / np.maximum(area[:, None] + area[None, :] - inter, 1)
+    drop = np.zeros(len(masks), bool)
+    for i in np.argsort(-iou, kind="stable"):
+        if not drop[i]:
+            later = overlap[i] > threshold
+            later[i] = False
+            drop |= later & (iou <= iou[i])
+    return drop
+
+
+class SmartSamSession:
+    """SmartSAM on one image: ClickSession protocol (``mask``, ``score``, ``click``).
+
+    Args:
+        engine: the shared SAM engine (the image is embedded once, through its cache).
+        image: ``(H, W, 3) uint8`` RGB.
+        selector: ``"none"`` (pure mode), ``"sam"`` or ``"dinov2"``.
+        references: reference instances, each ``(image (H', W', 3) uint8, mask (H', W')
+            bool)``; their features are computed (and cached) by the selector.
+        seed: seed of the agent's random generator; same seed, same result.
+        reference_features: precomputed ``selector.reference_features`` vectors, instead
+            of (or in addition to) ``references``.
+        dinov2_model: local folder or hub id of the DINOv2 model (selector ``dinov2``).
+        **options: :class:`SmartSamConfig` fields.
+    """
+
+    def __init__(
+        self,
+        engine: SamEngine,
+        image: np.ndarray,
+        selector: str = "none",
+        references: Sequence[tuple[np.ndarray, np.ndarray]] = (),
+        seed: int = 0,
+        reference_features: Sequence[np.ndarray] = (),
+        dinov2_model: str | None = None,
+        **options,
+    ):
+        self.engine = engine
+        self.config = SmartSamConfig.from_options(options)
+        self.seed = seed
+        self.selector: Selector = make_selector(selector, engine, dinov2_model)
+        self._sam = SamClickSession(engine, image, multimask_first=True)
+        self.emb: ImageEmbedding = self._sam.emb
+        feats = [np.asarray(f, np.float32) for f in reference_features]
+        feats += [self.selector.reference_features(img, m) for img, m in references]
+        self.references = np.stack(feats) if feats and feats[0].size else np.zeros((0, 0), np.float32)
+        self.pool = CandidatePool()
+        self.chosen: int | None = None
+        #: Seconds per stage of the first click: sampler, chains, selector, total.
+        self.timings: dict[str, float] = {}
+
+    # ClickSession protocol ------------------------------------------------------------
+    @property
+    def mask(self) -> np.ndarray:
+        """``(H, W) bool`` current mask, image frame."""
+        return self._sam.mask
+
+    @property
+    def score(self) -> float:
+        return self._sam.score
+
+    @property
+    def candidates(self) -> np.ndarray | None:
+        """``(M, H, W) bool`` image-frame candidate pool of the first click (upscaled on
+        access; for oracle figures)."""
+        if not len(self.pool):
+            return None
+        return self.engine.upscale(self.emb, self.pool.logits, "image") > 0
+
+    def click(self, x: float, y: float, positive: bool = True) -> np.ndarray:
+        """Add a click at image pixel ``(x, y)``; returns the new ``(H, W) bool`` mask."""
+        if self._sam.logits is not None or not positive:
+            return self._sam.click(x, y, positive)
+        H, W = self.emb.original_size
+        if not (0 <= x < W and 0 <= y < H):
+            raise ValueError(f"click ({x}, {y}) is outside the {W}x{H} image")
+        index = self._first_click(float(x), float(y))
+        self._sam.points.append((float(x), float(y)))
+        self._sam.labels.append(1)
+        logits = self.pool.logits[index : index + 1]
+        masks = self.engine.upscale(self.emb, logits, "image") > 0
+        self._sam.set_state(masks, self.pool.iou[index : index + 1], logits, 0)
+        return self.mask
+
+    # The agent ----------------------------------------------------------------------
+    def _first_click(self, x: float, y: float) -> int:
+        cfg = self.config
+        start = time.perf_counter()
+        streams = np.random.SeedSequence(self.seed).spawn(2 + cfg.n_chains)
+        rng = np.random.default_rng(streams[0])
+        size = self.emb.original_size
+        click = np.array([[x, y]])
+        prompts = [Prompt(points=click, labels=np.ones(1))]
+        points = sample_points((x, y), size, cfg.n_points, cfg.beta, rng)
+        prompts += [Prompt(points=p[None], labels=np.ones(1)) for p in points]
+        prompts += [Prompt(box=b) for b in sample_boxes((x, y), size, cfg.n_boxes, np.random.default_rng(streams[1]))]
+        out = self.engine.decode(self.emb, prompts, multimask=True, frame="none")
+        kinds = ["click"] + ["point"] * cfg.n_points + ["box"] * cfg.n_boxes
+        for m in range(3):
+            self.pool.add(out.low_res_logits[:, m], out.iou[:, m], prompts, kinds)
+        t_sampler = time.perf_counter()
+
+        row, col = pixel_of(self.emb, x, y)
+        self._run_chains(click, row, col, [np.random.default_rng(s) for s in streams[2:]])
+        t_chains = time.perf_counter()
+
+        index = self._select(row, col)
+        end = time.perf_counter()
+        self.chosen = index
+        self.timings = {
+            "sampler": t_sampler - start,
+            "chains": t_chains - t_sampler,
+            "selector": end - t_chains,
+            "total": end - start,
+        }
+        log.debug("SmartSAM: %d candidates, chose %d (%s), %s", len(self.pool), index, self.pool.source[index], self.timings)
+        return index
+
+    def _containing(self, row: int, col: int) -> np.ndarray:
+        """``(N,) bool`` candidates whose mask contains low-res pixel (row, col)."""
+        return self.pool.logits[:, row, col] > 0
+
+    def _starts(self, row: int, col: int) -> list[int]:
+        """Chain starts: the best distinct candidates that contain the click."""
+        masks = crop_logits(self.emb, self.pool.logits) > 0
+        keep = self._containing(row, col) & ~_duplicates(masks, self.pool.iou, self.config.duplicate_iou)
+        order = [int(i) for i in np.argsort(-self.pool.iou, kind="stable") if keep[i]]
+        return order[: self.config.n_chains]
+
+    def _run_chains(self, click: np.ndarray, row: int, col: int, rngs: list[np.random.Generator]) -> None:
+        cfg = self.config
+        # Each chain: (prompt points, labels, box, current logits, current iou, rng)
+        chains = []
+        for rng, i in zip(rngs, self._starts(row, col)):
+            p = self.pool.prompts[i]
+            pts, lab = (click, np.ones(1, np.int64)) if p.points is None else (p.points, p.labels)
+            if not (pts == click).all(axis=1).any():
+                pts, lab = np.concatenate([click, pts]), np.concatenate([[1], lab])
+            chains.append([pts, lab, p.box, self.pool.logits[i], float(self.pool.iou[i]), rng, len(chains)])
+        for step in range(1, cfg.chain_steps + 1):
+            prompts, active = [], []
+            for chain in chains:
+                pts, lab, box, logits, iou, rng, _ = chain
+                move = next_click(crop_logits(self.emb, logits), iou, rng, cfg.rho)
+                if move is None:
+                    continue
+                (r, c), action = move
+                xy = lowres_to_image(self.emb, np.array([[c, r]]))
+                chain[0] = np.concatenate([pts, xy])
+                chain[1] = np.concatenate([lab, [1 if action == "add" else 0]])
+                prompts.append(Prompt(points=chain[0], labels=chain[1], box=box, mask_logits=logits))
+                active.append(chain)
+            if not prompts:
+                break
+            out = self.engine.decode(self.emb, prompts, multimask=False, frame="none")
+            ids = [chain[6] for chain in active]
+            self.pool.add(out.low_res_logits[:, 0], out.iou[:, 0], prompts, ["chain"] * len(prompts), ids, step)
+            for chain, logits, iou in zip(active, out.low_res_logits[:, 0], out.iou[:, 0]):
+                chain[3], chain[4] = logits, float(iou)
+            chains = active
+
+    def _select(self, row: int, col: int) -> int:
+        """Index of the chosen candidate: contains the click, then the best score."""
+        masks = crop_logits(self.emb, self.pool.logits) > 0
+        ok = self._containing(row, col) & masks.any(axis=(1, 2))
+        if not ok.any():
+            ok = masks.any(axis=(1, 2)) if masks.any() else np.ones(len(self.pool), bool)
+        score = self.pool.iou.astype(np.float64).copy()
+        if len(self.references) and self.selector.name != "none":
+            idx = np.flatnonzero(ok)
+            feats = self.selector.candidate_features(self.emb, masks[idx].astype(np.float32))
+            sim = similarity(feats, self.references, self.config.reduce)
+            score[idx] = sim + self.config.iou_weight * self.pool.iou[idx]
+        score[~ok] = -np.inf
+        return int(np.argmax(score))
