@@ -13,6 +13,8 @@ import numpy as np
 #: Distance normaliser of texture and contrast: this percentile of the distances inside
 #: the mask (their maximum is a single noisy pixel); colour and brightness use the maximum.
 ROBUST_PERCENTILE = 98.0
+#: Distances below this (feature units) count as equal: a mask of uniform feature.
+FLAT = 1e-3
 
 
 def luminance(image: np.ndarray) -> np.ndarray:
@@ -43,8 +45,8 @@ def similarity(feature: np.ndarray, mask: np.ndarray, percentile: float | None =
     dist = np.sqrt(((f - mean) ** 2).sum(axis=-1))
     inside = dist[mask]
     scale = float(inside.max() if percentile is None else np.percentile(inside, percentile))
-    if scale <= 1e-6:
-        return (dist <= 1e-6).astype(np.float32)
+    if scale <= FLAT:
+        return (dist <= FLAT).astype(np.float32)
     return np.clip(1.0 - dist / scale, 0.0, 1.0).astype(np.float32)
 
 
