@@ -291,7 +291,8 @@ class PromptMoEModel:
     # ------------------------------------------------------------------ drafts
     def _pre_annotate(self, task: dict, config: LabelConfig, project: str) -> list[Region]:
         """Refine the brush drafts of a task: its latest annotation with brush regions, else
-        its latest prediction from another model, else a mask image in its data."""
+        its latest prediction from another model, else a mask image in its data.  A task
+        without drafts gets an empty result and its image embedded ahead of the clicks."""
         url, image = self._task_image(task, config)
         h, w = image.shape[:2]
         sources = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
@@ -306,6 +307,10 @@ class PromptMoEModel:
                 break
         if not drafts and task.get("data", {}).get(self.settings.mask_data_key):
             drafts = self._mask_image_drafts(task["data"], config, (h, w))
+        if not drafts:
+            # Nothing to refine: embed the image now, so the annotator's first click on this
+            # task is fast (kept in memory, and on disk with EMBEDDING_DIR).
+            self.engine.embed(image)
         return self._refine_drafts(image, url, drafts, task, project)
 
     def _mask_image_drafts(self, data: dict, config: LabelConfig, shape: tuple[int, int]) -> list[tuple[str, np.ndarray]]:

@@ -1,0 +1,215 @@
+"""``promptmoe bench server``: latency of the backend over HTTP and in process, and memory.
+
+The backend runs in this process behind a threaded HTTP server on loopback; the same
+model also answers direct ``predict`` calls, alternating with the HTTP ones, so both see
+the same caches and machine load.  Images are served from their dataset folder as
+``/data/local-files/?d=...`` (read from disk, as with ``LOCAL_FILES_DOCUMENT_ROOT``).
+
+Measured per request kind, over HTTP and in process:
+
+* ``first_click``: one keypoint on an image the backend has not seen (encoder + SmartSAM);
+* ``later_click``: one more click on a cached image (the session continues);
+* ``draft``: PromptMoE refinement of a coarse brush draft.
+
+Then every remaining image gets a box request, and the process RSS and the embedding
+cache are read after the first 10 and after all images: the cache must stay within its
+bound and RSS must level off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import requests
+from tqdm import tqdm
+from werkzeug.serving import make_server
+
+from promptmoe_plugin.cli import make_engine, write_json
+from promptmoe_plugin.eval.clicker import Clicker
+from promptmoe_plugin.eval.coarse import make_coarse
+from promptmoe_plugin.eval.datasets import Sample, load_dataset
+
+from . import rle
+from .config import Settings
+from .model import PromptMoEModel
+from .server import create_app
+
+log = logging.getLogger(__name__)
+
+CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <BrushLabels name="brush" toName="image"><Label value="Object"/></BrushLabels>
+  <KeyPointLabels name="kp" toName="image" smart="true"><Label value="Object"/></KeyPointLabels>
+  <RectangleLabels name="rect" toName="image" smart="true"><Label value="Object"/></RectangleLabels>
+</View>"""
+KINDS = ("first_click", "later_click", "draft")
+
+
+def rss_mb() -> float:
+    """Resident set size of this process in MB (Linux ``/proc``)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _keypoint(x: float, y: float, positive: bool, h: int, w: int) -> dict:
+    return {"type": "keypointlabels", "from_name": "kp", "to_name": "image", "is_positive": positive,
+            "original_width": w, "original_height": h,
+            "value": {"x": 100 * x / w, "y": 100 * y / h, "width": 0.5, "keypointlabels": ["Object"]}}
+
+
+def _box(gt: np.ndarray) -> dict:
+    h, w = gt.shape
+    ys, xs = np.nonzero(gt)
+    return {"type": "rectanglelabels", "from_name": "rect", "to_name": "image", "original_width": w,
+            "original_height": h, "value": {"x": 100 * xs.min() / w, "y": 100 * ys.min() / h,
+                                             "width": 100 * (xs.max() - xs.min() + 1) / w,
+                                             "height": 100 * (ys.max() - ys.min() + 1) / h, "rectanglelabels": ["Object"]}}
+
+
+def _brush(mask: np.ndarray) -> dict:
+    h, w = mask.shape
+    return {"type": "brushlabels", "from_name": "brush", "to_name": "image", "original_width": w,
+            "original_height": h, "value": {"format": "rle", "rle": rle.encode(mask), "brushlabels": ["Object"]}}
+
+
+class _Caller:
+    """Sends one predict request over HTTP or in process and times it."""
+
+    def __init__(self, model: PromptMoEModel, url: str):
+        self.model, self.url = model, url
+        self.http = requests.Session()
+
+    def __call__(self, task: dict, items: list[dict], http: bool) -> tuple[float, dict]:
+        context = {"result": items}
+        start = time.perf_counter()
+        if http:
+            body = {"tasks": [task], "project": "1.0", "label_config": CONFIG, "params": {"context": context}}
+            r = self.http.post(f"{self.url}/predict", json=body, timeout=600)
+            r.raise_for_status()
+            pred = r.json()["results"][0]
+        else:
+            pred = self.model.predict([task], context=context, project="1.0", label_config=CONFIG)[0]
+        seconds = time.perf_counter() - start
+        if "error" in pred:
+            raise RuntimeError(pred["error"])
+        return seconds, pred
+
+
+def _mask(pred: dict) -> np.ndarray:
+    r = pred["result"][0]
+    return rle.decode(r["value"]["rle"], r["original_height"], r["original_width"])
+
+
+def _samples(folders: Sequence[str], n: int) -> list[Sample]:
+    """``n`` samples taken round-robin from the dataset folders."""
+    lists = [load_dataset(f) for f in folders]
+    out = []
+    for i in range(max(len(s) for s in lists)):
+        out += [s[i] for s in lists if i < len(s)]
+    return out[:n]
+
+
+def bench_server(model: PromptMoEModel, folders: Sequence[str], images: int = 100,
+                 latency_images: int = 20, later_clicks: int = 4) -> dict:
+    """Run the benchmark; returns the figures (seconds, MB)."""
+    samples = _samples(folders, images)
+    if len(samples) < images:
+        log.warning("only %d images found", len(samples))
+    root = Path(os.path.commonpath([s.image_path.resolve() for s in samples])).parent
+    if model.settings.local_files_root != root:
+        raise ValueError(f"the model must read local files from {root}, not {model.settings.local_files_root}")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
+    server = make_server("127.0.0.1", 0, create_app(model), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    call = _Caller(model, f"http://127.0.0.1:{server.server_port}")
+    times: dict[str, dict[str, list[float]]] = {k: {"http": [], "inproc": []} for k in KINDS}
+    rss: dict[str, float] = {"start": rss_mb()}
+    turn = 0
+    try:
+        for i, sample in enumerate(tqdm(samples, desc="bench server", unit="image")):
+            image, gt, ignore = sample.load()
+            h, w = gt.shape
+            task = {"id": i + 1, "data": {"image": f"/data/local-files/?d={sample.image_path.resolve().relative_to(root)}"}}
+            if i >= latency_images:
+                call(task, [_box(gt)], http=i % 2 == 0)
+            else:
+                clicker = Clicker(gt, ignore)
+                first = clicker.next_click(np.zeros_like(gt))
+                items = [_keypoint(first.x, first.y, True, h, w)]
+                seconds, pred = call(task, items, http=i % 2 == 0)
+                times["first_click"]["http" if i % 2 == 0 else "inproc"].append(seconds)
+                for _ in range(later_clicks):
+                    nxt = clicker.next_click(_mask(pred))
+                    if nxt is None:
+                        break
+                    items = items + [_keypoint(nxt.x, nxt.y, nxt.positive, h, w)]
+                    turn += 1
+                    seconds, pred = call(task, items, http=turn % 2 == 0)
+                    times["later_click"]["http" if turn % 2 == 0 else "inproc"].append(seconds)
+                draft = make_coarse(gt, image, "morph", seed=i)
+                for http in (True, False):
+                    seconds, _ = call(task, [_brush(draft)], http=http)
+                    times["draft"]["http" if http else "inproc"].append(seconds)
+            if i + 1 == 10:
+                rss["after_10_images"] = rss_mb()
+        rss[f"after_{len(samples)}_images"] = rss_mb()
+    finally:
+        server.shutdown()
+    stats = model.engine.stats().cache
+    figures: dict = {"images": len(samples), "latency_images": min(latency_images, len(samples)),
+                     "latency": {}, "rss_mb": rss,
+                     "embedding_cache": {"entries": stats.entries, "mb": stats.bytes / 2**20,
+                                         "capacity_mb": stats.capacity_bytes / 2**20, "evictions": stats.evictions,
+                                         "bound_holds": stats.bytes <= stats.capacity_bytes}}
+    for kind, by in times.items():
+        row = {}
+        for transport, values in by.items():
+            if values:
+                row[transport] = {"n": len(values), "p50": float(np.percentile(values, 50)),
+                                  "p95": float(np.percentile(values, 95))}
+        if row.get("http") and row.get("inproc"):
+            row["http_over_inproc_p50"] = row["http"]["p50"] / row["inproc"]["p50"]
+        figures["latency"][kind] = row
+    return figures
+
+
+def format_server_report(fig: dict) -> str:
+    lines = [f"promptmoe bench server: {fig['images']} images, latency on {fig['latency_images']}",
+             f"{'request':<12} {'HTTP p50':>9} {'HTTP p95':>9} {'in-proc p50':>12} {'in-proc p95':>12} {'HTTP/in-proc':>13}"]
+    for kind, row in fig["latency"].items():
+        h, p = row.get("http", {}), row.get("inproc", {})
+        lines.append(f"{kind:<12} {h.get('p50', float('nan')):9.3f} {h.get('p95', float('nan')):9.3f} "
+                     f"{p.get('p50', float('nan')):12.3f} {p.get('p95', float('nan')):12.3f} "
+                     f"{row.get('http_over_inproc_p50', float('nan')):13.3f}")
+    lines.append("RSS MB: " + ", ".join(f"{k} {v:.0f}" for k, v in fig["rss_mb"].items()))
+    c = fig["embedding_cache"]
+    lines.append(f"embedding cache: {c['entries']} entries, {c['mb']:.0f} / {c['capacity_mb']:.0f} MB, "
+                 f"{c['evictions']} evictions, bound holds: {c['bound_holds']}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``promptmoe bench server``: build the model from the flags, run, print, write JSON."""
+    import tempfile
+
+    folders = [Path(f).resolve() for f in args.data]
+    with tempfile.TemporaryDirectory() as tmp:
+        args.model_dir = args.model_dir or tmp
+        samples = _samples(folders, args.images)
+        args.local_files_root = str(Path(os.path.commonpath([s.image_path.resolve() for s in samples])).parent)
+        model = PromptMoEModel(make_engine(args), Settings.from_args(args))
+        model.warm_up()
+        fig = bench_server(model, folders, images=args.images, latency_images=args.latency_images)
+    print(format_server_report(fig))
+    write_json(args.json, fig)
+    return 0
