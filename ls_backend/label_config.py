@@ -23,6 +23,8 @@ class LabelConfig:
         labels: the brush labels, in config order.
         smart_tools: ``from_name`` -> kind (``keypoints`` or ``rectangle``) of the
             KeyPointLabels / RectangleLabels tags on the same image.
+        polygon_from: ``name`` of a ``<PolygonLabels>`` tag on the same image, if any:
+            every brush result is then also returned as polygons of that tag.
     """
 
     brush_from: str
@@ -30,6 +32,7 @@ class LabelConfig:
     image_key: str
     labels: tuple[str, ...]
     smart_tools: tuple[tuple[str, str], ...] = ()
+    polygon_from: str | None = None
 
 
 @lru_cache(maxsize=64)
@@ -62,7 +65,9 @@ def parse_label_config(config: str) -> LabelConfig:
         for c in interface.controls
         if c.tag.lower() in kinds and c.to_name[0] == image.name
     )
+    polygons = [c.name for c in interface.controls if c.tag.lower() == "polygonlabels" and c.to_name[0] == image.name]
     return LabelConfig(
+        polygon_from=polygons[0] if polygons else None,
         brush_from=brush.name,
         image_to=image.name,
         image_key=image.value.lstrip("$"),

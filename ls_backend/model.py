@@ -38,6 +38,7 @@ from . import rle
 from .config import Settings
 from .images import ImageFetcher, ImageFetchError
 from .label_config import LabelConfig, parse_label_config
+from .polygons import mask_to_polygons
 from .references import Reference, ReferenceStore
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,7 @@ class PromptMoEModel:
         draft = np.zeros(image.shape[:2], bool)
         draft[20:44, 30:66] = True
         refine(self.engine, image, draft, self.settings.refine_variant, router=self.router)
+        SmartSamSession(self.engine, image, selector=self.settings.selector).click(48, 32)
         self.engine.cache.clear()
 
     def setup(self, project: str, schema: str, **kwargs) -> str:
@@ -161,9 +163,14 @@ class PromptMoEModel:
                 out.append(self._prediction(regions, config))
             except (TaskError, ImageFetchError, rle.RLEError) as exc:
                 log.warning("task %s: %s", task.get("id"), exc)
-                out.append({"result": [], "score": 0.0, "model_version": self.model_version,
-                            "error": f"task {task.get('id')}: {exc}"})
+                out.append(self._failed(task, str(exc)))
+            except Exception as exc:  # a bug or a resource error: report it, serve the others
+                log.exception("task %s failed", task.get("id"))
+                out.append(self._failed(task, f"internal error {type(exc).__name__}: {exc}"))
         return out
+
+    def _failed(self, task: dict, message: str) -> dict:
+        return {"result": [], "score": 0.0, "model_version": self.model_version, "error": f"task {task.get('id')}: {message}"}
 
     def fit(self, event: str, data: dict, **kwargs) -> dict:
         """Active learning from Label Studio webhooks; returns what changed."""
@@ -437,12 +444,15 @@ class PromptMoEModel:
         for region in regions:
             region.score = min(max(region.score, 0.0), 1.0)
             h, w = region.mask.shape
-            result.append({
-                "from_name": config.brush_from, "to_name": config.image_to, "type": "brushlabels",
-                "original_width": w, "original_height": h, "image_rotation": 0, "readonly": False,
-                "value": {"format": "rle", "rle": rle.encode(region.mask), "brushlabels": [region.label]},
-                "score": region.score,
-            })
+            common = {"to_name": config.image_to, "original_width": w, "original_height": h, "image_rotation": 0,
+                      "readonly": False, "score": region.score}
+            result.append({**common, "from_name": config.brush_from, "type": "brushlabels",
+                           "value": {"format": "rle", "rle": rle.encode(region.mask), "brushlabels": [region.label]}})
+            if config.polygon_from:
+                for poly in mask_to_polygons(region.mask):
+                    points = (poly * [100.0 / w, 100.0 / h]).round(3).tolist()
+                    result.append({**common, "from_name": config.polygon_from, "type": "polygonlabels",
+                                   "value": {"points": points, "closed": True, "polygonlabels": [region.label]}})
         score = float(np.mean([r.score for r in regions])) if regions else 0.0
         return {"result": result, "score": score, "model_version": self.model_version}
 

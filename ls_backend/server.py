@@ -182,8 +182,10 @@ def load_model(args: argparse.Namespace | None = None) -> PromptMoEModel:
     """Build the engine and the model from flags (or the environment) and warm it up."""
     from promptmoe_plugin.cli import build_parser, make_engine
 
+    from .cli import add_serve
+
     if args is None:
-        args = build_parser(_extra()).parse_args(["serve"])
+        args = build_parser([add_serve]).parse_args(["serve"])
     settings = Settings.from_args(args)
     model = PromptMoEModel(make_engine(args), settings)
     start = time.perf_counter()
@@ -191,12 +193,6 @@ def load_model(args: argparse.Namespace | None = None) -> PromptMoEModel:
     log.info("model %s warmed up in %.1fs (MODEL_DIR=%s)", model.model_version, time.perf_counter() - start,
              settings.model_dir)
     return model
-
-
-def _extra():
-    from .cli import add_serve
-
-    return [add_serve]
 
 
 def app_factory() -> Flask:

@@ -149,6 +149,22 @@ def test_keypoints_box_and_labels_never_merged(client, model, scene):
     assert label == "Person" and iou(mask, gt["person_right"]) > 0.7
 
 
+def test_polygons_alongside_brush_when_configured(client, scene):
+    _, gt = scene
+    config = CONFIG.replace("</View>", '<PolygonLabels name="poly" toName="image"><Label value="Person"/>'
+                                       '<Label value="Table"/></PolygonLabels></View>')
+    box = {"original_width": 500, "original_height": 375, "from_name": "rect", "to_name": "image",
+           "type": "rectanglelabels", "value": {"x": 75.4, "y": 17.07, "width": 24.6, "height": 46.67,
+                                                "rectanglelabels": ["Person"]}}
+    (pred,) = _predict(client, [{"id": 9, "data": {"image": IMAGE}}], {"result": [box]}, config=config).json["results"]
+    kinds = [r["type"] for r in pred["result"]]
+    assert kinds[0] == "brushlabels" and "polygonlabels" in kinds
+    poly = next(r for r in pred["result"] if r["type"] == "polygonlabels")
+    assert poly["from_name"] == "poly" and poly["value"]["polygonlabels"] == ["Person"]
+    xs, ys = np.array(poly["value"]["points"]).T
+    assert 70 < xs.mean() < 100 and 15 < ys.mean() < 65  # percent, inside the person's box
+
+
 def test_brush_draft_is_refined(client, scene):
     _, gt = scene
     draft = _coarse(gt["person_left"])
