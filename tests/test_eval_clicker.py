@@ -1,0 +1,152 @@
+"""Click simulator and click benchmark: known-answer cases, protocol rules, reproducibility."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import data_dir
+from promptmoe_plugin.clicks import SamClickSession
+from promptmoe_plugin.eval import methods as registry
+from promptmoe_plugin.eval.bench import run_click_bench
+from promptmoe_plugin.eval.clicker import Click, Clicker, iou_at, noc, simulate, summarize_runs
+from promptmoe_plugin.eval.methods import ClickMethod, MethodUnavailable, click_methods
+
+
+def rect(shape, y0, y1, x0, x1):
+    m = np.zeros(shape, bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def test_first_click_deepest_pixel_row_major_tie():
+    gt = rect((40, 50), 10, 20, 10, 40)  # depth 5 along rows 14-15, cols 14-35
+    assert Clicker(gt).next_click(np.zeros_like(gt)) == Click(14, 14, True)
+
+
+def test_image_border_counts_as_boundary():
+    gt = np.ones((11, 11), bool)
+    assert Clicker(gt).next_click(np.zeros_like(gt)) == Click(5, 5, True)
+    # An object touching the left border: deepest pixel is away from the border too.
+    gt = rect((20, 40), 0, 20, 0, 9)
+    assert Clicker(gt).next_click(np.zeros_like(gt)) == Click(4, 4, True)
+
+
+def test_larger_error_decides_sign_and_ties_go_negative():
+    gt = rect((60, 60), 10, 50, 10, 50)
+    missing = gt & ~rect((60, 60), 10, 50, 10, 30)  # a 40x20 false-negative strip
+    click = Clicker(gt).next_click(gt & ~missing)
+    assert click.positive and missing[click.y, click.x]
+    extra = gt | rect((60, 60), 0, 60, 52, 60)  # an 8-px wide false positive only
+    click = Clicker(gt).next_click(extra)
+    assert not click.positive and not gt[click.y, click.x]
+    # Same-sized errors on both sides: max depths tie -> negative click (fn > fp is strict).
+    gt = rect((30, 60), 5, 25, 0, 30)
+    pred = rect((30, 60), 5, 25, 30, 60)
+    assert not Clicker(gt).next_click(pred).positive
+    assert Clicker(gt).next_click(gt) is None
+
+
+def test_ignore_pixels_are_never_errors_nor_clicked():
+    gt = rect((40, 40), 5, 35, 5, 35)
+    ignore = rect((40, 40), 0, 40, 0, 20)
+    click = Clicker(gt & ~ignore, ignore).next_click(np.zeros_like(gt))
+    assert not ignore[click.y, click.x] and click.x >= 20
+    # An error inside the ignore band only: nothing left to click.
+    assert Clicker(gt & ~ignore, ignore).next_click(gt) is None
+
+
+def test_a_pixel_is_never_clicked_twice():
+    gt = rect((30, 30), 10, 20, 10, 20)
+    clicker = Clicker(gt)
+    pred = np.zeros_like(gt)
+    clicks = [clicker.next_click(pred) for _ in range(5)]
+    assert len({(c.x, c.y) for c in clicks}) == 5
+    assert all(gt[c.y, c.x] and c.positive for c in clicks)
+
+
+class PaintSession:
+    """A simple non-SAM click method: each click paints (or erases) a disk of radius 4."""
+
+    def __init__(self, shape, radius=4):
+        self.mask = np.zeros(shape, bool)
+        self.score = 1.0
+        self.yy, self.xx = np.mgrid[: shape[0], : shape[1]]
+        self.radius = radius
+
+    def click(self, x, y, positive=True):
+        disk = (self.yy - y) ** 2 + (self.xx - x) ** 2 <= self.radius**2
+        self.mask = self.mask | disk if positive else self.mask & ~disk
+        return self.mask
+
+
+def test_simulate_known_run():
+    gt = (np.mgrid[:21, :21] - 10) ** 2
+    gt = gt[0] + gt[1] <= 16  # exactly the disk the first click paints
+    run = simulate(lambda: PaintSession(gt.shape), gt, max_clicks=20)
+    assert run.clicks[0] == Click(10, 10, True) and run.ious == [1.0]
+    gt2 = rect((30, 30), 5, 25, 5, 25)
+    run = simulate(lambda: PaintSession(gt2.shape), gt2, max_clicks=3, stop_iou=0.99)
+    assert len(run.ious) == 3 and all(b >= a for a, b in zip(run.ious, run.ious[1:]))
+    assert run.oracle_iou is None and len(run.seconds) == 3
+
+
+def test_click_metrics_known_answers():
+    curves = [[0.5, 0.86, 0.91], [0.95], [0.1] * 20]
+    assert noc(curves[0], 0.85) == 2 and noc(curves[0], 0.90) == 3 and noc(curves[2], 0.85) == 20
+    assert iou_at(curves[1], 5) == 0.95
+    s = summarize_runs(curves)
+    assert s["miou@1"] == pytest.approx(100 * (0.5 + 0.95 + 0.1) / 3)
+    assert s["miou@2"] == pytest.approx(100 * (0.86 + 0.95 + 0.1) / 3)
+    assert s["noc@85"] == pytest.approx((2 + 1 + 20) / 3) and s["noc@90"] == pytest.approx((3 + 1 + 20) / 3)
+    assert s["nof@90"] == 1 and s["ratio@85"] == pytest.approx(100 / 3) and s["ratio@75"] == pytest.approx(100 / 3)
+
+
+def test_registry_errors():
+    with pytest.raises(ValueError, match="unknown click method 'nope'.*sam-single"):
+        click_methods(["nope"])
+    missing = ClickMethod("ghost", "", "promptmoe_plugin.no_such_module", "Session", "issue 99")
+    with pytest.raises(MethodUnavailable, match="ghost.*promptmoe_plugin.no_such_module.Session.*issue 99"):
+        missing.load()
+
+
+def test_sam_session_reproducible_bit_for_bit(engine, voc):
+    image, gt = voc["rgb"], voc["masks"][0]
+    runs = [simulate(lambda: SamClickSession(engine, image), gt, max_clicks=6, keep_masks=True) for _ in range(2)]
+    assert runs[0].ious == runs[1].ious and runs[0].clicks == runs[1].clicks
+    assert all(np.array_equal(a, b) for a, b in zip(runs[0].masks, runs[1].masks))
+    assert runs[0].oracle_iou >= runs[0].ious[0] > 0.3
+
+
+class RecordingSession(SamClickSession):
+    """Plain SAM that records the references and seed a project-simulation method gets."""
+
+    seen: list[tuple[int, list[int], int]] = []
+
+    def __init__(self, engine, image, references=(), seed=0, **kwargs):
+        super().__init__(engine, image, **kwargs)
+        RecordingSession.seen.append((int(image.sum()), [int(r[1].sum()) for r in references], seed))
+
+
+def test_click_bench_project_simulation_and_reproducible(engine, monkeypatch):
+    folder = data_dir("GrabCut")
+    method = ClickMethod("recording", "", __name__, "RecordingSession", "test", uses_references=True, seeded=True)
+    monkeypatch.setitem(registry.CLICK_METHODS, "recording", method)
+    RecordingSession.seen = []
+    kwargs = dict(limit=3, references=2, max_clicks=3)
+    first, _ = run_click_bench(engine, [str(folder)], ["sam", "recording"], **kwargs)
+    # Each image sees the GT masks of up to 2 earlier images, never its own.
+    assert len(first["per_image"]) == 6
+    refs = [seen[1] for seen in RecordingSession.seen]
+    assert [len(r) for r in refs] == [0, 1, 2]
+    from promptmoe_plugin.eval.datasets import load_dataset
+
+    areas = [int(s.load()[1].sum()) for s in load_dataset(folder)[:3]]
+    assert refs[1] == areas[:1] and refs[2] == areas[:2]
+    second, _ = run_click_bench(engine, [str(folder)], ["sam", "recording"], **kwargs)
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "sec_per_click"} for r in rs]  # noqa: E731
+    assert strip(first["per_image"]) == strip(second["per_image"])
+    sam = [r for r in first["per_image"] if r["method"] == "sam"]
+    rec = [r for r in first["per_image"] if r["method"] == "recording"]
+    assert [r["ious"] for r in sam] == [r["ious"] for r in rec]
+    assert first["summary"]["sam"]["images"] == 3 and first["config"]["references"] == 2
