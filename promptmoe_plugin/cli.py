@@ -101,14 +101,14 @@ def add_bench_engine(sub: Subparsers, bench: Subparsers) -> None:
     p.set_defaults(func=_run_bench_engine)
 
 
+from .eval.bench import add_bench as add_bench_eval  # noqa: E402  (bench click, bench refine)
 from .refine import add_refine  # noqa: E402
 from .router import add_train_router  # noqa: E402
-
 from .smartsam.cli import add_segment  # noqa: E402
 
 #: Functions ``add(sub, bench)`` that register a command (``sub``) or a benchmark
 #: (``bench``, the subcommands of ``promptmoe bench``).
-COMMANDS: list[Callable[[Subparsers, Subparsers], None]] = [add_demo, add_bench_engine, add_refine, add_train_router]
+COMMANDS: list[Callable[[Subparsers, Subparsers], None]] = [add_demo, add_bench_engine, add_bench_eval, add_refine, add_train_router, add_segment]
 
 
 def build_parser(extra: Sequence[Callable[[Subparsers, Subparsers], None]] = ()) -> argparse.ArgumentParser:
