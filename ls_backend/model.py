@@ -250,12 +250,14 @@ class PromptMoEModel:
         return [Region(label, s.mask, float(s.score)) for s in track.sessions]
 
     def _add_click(self, track: _Track, image: np.ndarray, label: str, project: str, click: Click) -> None:
-        """Apply one click: to the object it touches, or start a new object of the label."""
+        """Apply one click to the object under it; else a negative click goes to the latest
+        object and a positive one to the object its own SAM mask touches, or starts a new
+        object of the label."""
         h, w = image.shape[:2]
         row, col = min(max(int(click.y), 0), h - 1), min(max(int(click.x), 0), w - 1)
         target = next((s for s in track.sessions if s.mask[row, col]), None)
-        if target is None and track.sessions and (not click.positive or self._touches(image, click, track)):
-            target = track.sessions[-1]
+        if target is None and track.sessions:
+            target = self._touched(image, click, track) if click.positive else track.sessions[-1]
         if target is None:
             if not click.positive:
                 return  # a negative click before any object: nothing to remove
@@ -263,12 +265,14 @@ class PromptMoEModel:
             track.sessions.append(target)
         target.click(click.x, click.y, click.positive)
 
-    def _touches(self, image: np.ndarray, click: Click, track: _Track) -> bool:
-        """Whether the object SAM finds under a positive click touches a current object."""
+    def _touched(self, image: np.ndarray, click: Click, track: _Track):
+        """The session whose mask overlaps most the object SAM finds under a positive click
+        (dilated by 2 px), or None when it touches none."""
         emb = self.engine.embed(image)
         out = self.engine.decode(emb, [Prompt(points=np.array([[click.x, click.y]]), labels=np.array([1]))])
         own = ndimage.binary_dilation(out.masks[0, out.best()[0]], iterations=2)
-        return any((own & s.mask).any() for s in track.sessions)
+        overlaps = [int((own & s.mask).sum()) for s in track.sessions]
+        return track.sessions[int(np.argmax(overlaps))] if max(overlaps) > 0 else None
 
     def _new_session(self, image: np.ndarray, label: str, project: str) -> SmartSamSession:
         """A SmartSAM session whose first click prefers objects like the label's references."""
