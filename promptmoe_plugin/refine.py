@@ -47,6 +47,16 @@ DEFAULTS: dict[str, Any] = {
 
 
 @dataclass
+class Prompts:
+    """Final prompts for drawing, image pixels: ``points`` ``(k, 2)`` (x, y), ``labels``
+    ``(k,)`` 1 positive / 0 negative, ``box`` ``(4,)`` x0, y0, x1, y1 or None."""
+
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    box: np.ndarray | None = None
+
+
+@dataclass
 class Refinement:
     """A refined mask and how it was made.
 
@@ -55,23 +65,15 @@ class Refinement:
         score: SAM's predicted IoU of the result (NaN for ``unrefined``).
         timings: seconds per stage (``encode`` is the wall time of the embedding lookup,
             ``embed_encoder`` the encoder's own time, 0 when the embedding was cached).
-        points: ``(k, 2)`` image pixels of the final prompt's points, ``labels`` ``(k,)`` 1/0,
-            ``box`` ``(4,)`` image pixels or None.
+        prompts: the final prompts (:class:`Prompts`, image pixels).
         experts: the experts used and their weights (PromptMoE variants).
     """
 
     mask: np.ndarray
     score: float
     timings: dict[str, float]
-    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
-    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    box: np.ndarray | None = None
+    prompts: Prompts = field(default_factory=Prompts)
     experts: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def prompts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """The final prompts for drawing: ``(points, labels, box)`` in image pixels."""
-        return self.points, self.labels, self.box
 
 
 class _Clock:
@@ -224,9 +226,10 @@ def refine(
     if not mask.any():
         log.warning("refinement produced an empty mask; returning the coarse mask")
         mask = coarse.copy()
-    points = prompt.points if prompt.points is not None else np.zeros((0, 2))
-    labels = prompt.labels if prompt.labels is not None else np.zeros(0, np.int64)
-    return Refinement(mask, score, clock.timings, points, labels, prompt.box, weights)
+    drawn = Prompts(box=prompt.box)
+    if prompt.points is not None:
+        drawn = Prompts(prompt.points, prompt.labels, prompt.box)
+    return Refinement(mask, score, clock.timings, drawn, weights)
 
 
 def _run_refine(args: argparse.Namespace) -> int:
@@ -245,7 +248,8 @@ def _run_refine(args: argparse.Namespace) -> int:
 
         from .overlay import draw_overlay
 
-        art = draw_overlay(image, result.mask, coarse=coarse, points=result.points, labels=result.labels, box=result.box)
+        p = result.prompts
+        art = draw_overlay(image, result.mask, coarse=coarse, points=p.points, labels=p.labels, box=p.box)
         Image.fromarray(art).save(args.overlay)
     stages = " ".join(f"{k}={v:.3f}s" for k, v in result.timings.items())
     experts = " ".join(f"{k}:{v:.2f}" for k, v in result.experts.items())

@@ -52,8 +52,8 @@ def shape_features(mask: np.ndarray) -> np.ndarray:
     if area == 0:
         return np.zeros(6, np.float32)
     bw, bh = xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
-    edge = mask & ~cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
-    perimeter = float(edge.sum())
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    perimeter = max(1.0, sum(cv2.arcLength(c, True) for c in contours))
     components = cv2.connectedComponents(mask.astype(np.uint8))[0] - 1
     return np.array(
         [area / (h * w), area / (bw * bh), bw / bh, perimeter / (h * w), 4 * np.pi * area / perimeter**2, components],
@@ -263,7 +263,7 @@ def fit(
         loss.backward()
         opt.step()
     net.eval()
-    return Router(net, mean.astype(np.float32), std.astype(np.float32), {"train_loss": float(loss)})
+    return Router(net, mean.astype(np.float32), std.astype(np.float32), {"train_loss": float(loss.detach())})
 
 
 def evaluate(router: Router, examples: Sequence[Example], names: Sequence[str] = EXPERTS) -> dict[str, float]:
