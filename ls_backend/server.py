@@ -61,6 +61,15 @@ class _Metrics:
             }
 
 
+def _error(status: int, detail: str) -> Response:
+    """A JSON error whose HTTP reason phrase is also the message: Label Studio shows only
+    ``"<status> Client Error: <reason> for url: ..."`` to the annotator."""
+    resp = jsonify(status=status, detail=detail)
+    reason = " ".join(detail.split()).encode("latin-1", "replace").decode("latin-1")[:300]
+    resp.status = f"{status} {reason}"
+    return resp
+
+
 def _body(*required: str) -> dict:
     data = request.get_json(silent=True)
     if not isinstance(data, dict):
@@ -90,8 +99,7 @@ def create_app(model: PromptMoEModel) -> Flask:
         )
         if ok:
             return None
-        resp = jsonify(status=401, detail="basic auth required: set the ML backend's user and password in Label Studio")
-        resp.status_code = 401
+        resp = _error(401, "basic auth required: set the ML backend's user and password in Label Studio")
         resp.headers["WWW-Authenticate"] = 'Basic realm="promptmoe"'
         return resp
 
@@ -104,16 +112,16 @@ def create_app(model: PromptMoEModel) -> Flask:
 
     @app.errorhandler(BadRequest)
     def _bad(exc: BadRequest):
-        return jsonify(status=exc.status, detail=str(exc)), exc.status
+        return _error(exc.status, str(exc))
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):
-        return jsonify(status=exc.code, detail=exc.description), exc.code
+        return _error(exc.code or 500, exc.description or exc.name)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
         log.exception("request failed")
-        return jsonify(status=500, detail=f"{type(exc).__name__}: {exc}"), 500
+        return _error(500, f"{type(exc).__name__}: {exc}")
 
     @app.get("/")
     @app.get("/health")
@@ -149,6 +157,9 @@ def create_app(model: PromptMoEModel) -> Flask:
             results = model.predict(tasks, context=context, project=data.get("project"), label_config=config)
         except LabelConfigError as exc:
             raise BadRequest(str(exc), 422) from exc
+        if context and len(results) == 1 and "error" in results[0]:
+            # An interactive call: say why in the editor instead of silently doing nothing.
+            raise BadRequest(results[0]["error"], 422)
         return jsonify(results=results, model_version=model.model_version)
 
     @app.post("/webhook")

@@ -117,6 +117,20 @@ def test_bad_requests_get_4xx_json(client, path, body, status, message):
     assert client.get("/nope").status_code == 404 and client.get("/nope").json["status"] == 404
 
 
+@pytest.mark.parametrize(
+    "items, message",
+    [
+        ([_kp(10, 10, "Cat")], "keypointlabels label 'Cat' is not a BrushLabels label"),
+        ([{"type": "choices", "value": {"choices": ["x"]}}], "no keypoint, rectangle or brush region"),
+        ([dict(_kp(10, 10, "Person"), value={"x": "a", "y": 1, "keypointlabels": ["Person"]})], "value.x must be a number"),
+    ],
+)
+def test_interactive_errors_reach_the_editor(client, items, message):
+    """Label Studio shows only the status line of a failed interactive call: it carries the reason."""
+    r = _predict(client, [{"id": 1, "data": {"image": IMAGE}}], {"result": items})
+    assert r.status_code == 422 and message in r.json["detail"] and message in r.status
+
+
 def test_unknown_webhook_event(client):
     r = client.post("/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": 1}})
     assert r.status_code == 200 and r.json == {"status": "Unknown event"}
