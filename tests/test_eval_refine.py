@@ -1,0 +1,84 @@
+"""Refinement benchmark: figures, bootstrap CI, bands, and an end-to-end run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import data_dir
+from promptmoe_plugin.eval.bench import _group_mean, bootstrap_ci, run_refine_bench, summarize_refine
+from promptmoe_plugin.eval.methods import UNREFINED, refine_methods
+
+
+def record(dataset, image, coarse, method, before, after, seconds=1.0):
+    return {
+        "dataset": dataset,
+        "image": image,
+        "coarse": coarse,
+        "method": method,
+        "iou_before": before,
+        "iou": after,
+        "biou_before": before / 2,
+        "biou": after / 2,
+        "biou_cheng_before": before,
+        "biou_cheng": after,
+        "seconds": seconds,
+        "encode_seconds": 0.5 if method != UNREFINED else 0.0,
+        "timings": {"decode": seconds / 2} if method != UNREFINED else {},
+    }
+
+
+def test_summary_is_mean_over_groups_with_bands_and_timings():
+    recs = []
+    # Dataset A: 2 images x 1 coarse kind; dataset B: 1 image.  "m" gains 10 pp on A and
+    # 40 pp on B: the group mean is (10 + 40) / 2 = 25, not the pooled mean 20.
+    for img, before in (("a1", 0.5), ("a2", 0.7)):
+        recs += [record("A", img, "morph", "m", before, before + 0.1, 2.0), record("A", img, "morph", "base", before, before)]
+    recs += [record("B", "b1", "morph", "m", 0.1, 0.5, 2.0), record("B", "b1", "morph", "base", 0.1, 0.2)]
+    s = summarize_refine(recs, ["m", "base"], "base", bootstrap=200, seed=0)
+    m = s["summary"]["m"]
+    assert m["delta_iou"] == pytest.approx(25.0) and m["delta_biou"] == pytest.approx(12.5)
+    assert m["diff_iou_vs_base"] == pytest.approx((10 + 30) / 2)
+    assert m["sec_per_annotation"] == pytest.approx(2.5) and m["time_vs_baseline"] == pytest.approx(2.5 / 1.5)
+    # Dataset A's differences are constant (10 pp), B has one image: the CI collapses.
+    assert m["ci95_iou_vs_base"] == pytest.approx([20.0, 20.0])
+    assert "ci95_iou_vs_base" not in s["summary"]["base"]
+    assert s["bands"]["0-20"]["m"] == {"n": 1, "delta_iou": pytest.approx(40.0)}
+    assert s["bands"]["40-60"]["m"]["n"] == 1 and s["bands"]["80-100"]["m"]["delta_iou"] is None
+    assert s["unrefined"]["morph"]["n"] == 3 and s["unrefined"]["morph"]["mean"] == pytest.approx(100 * 1.3 / 3)
+    assert s["timings"]["m"] == {"image_encoder": 0.5, "decode": 1.0, "total_method": 2.0}
+
+
+def test_bootstrap_ci_brackets_the_mean_and_is_seeded():
+    rng = np.random.default_rng(1)
+    diffs = {"A": rng.normal(1.0, 1.0, (200, 3)), "B": rng.normal(3.0, 1.0, (100, 2))}
+    lo, hi = bootstrap_ci(diffs, 1000, seed=0)
+    mean = _group_mean(diffs)  # mean over the 5 (dataset, kind) groups
+    assert mean == pytest.approx((1.0 * 3 + 3.0 * 2) / 5, abs=0.2)
+    assert lo < mean < hi and hi - lo < 0.6
+    assert (lo, hi) == bootstrap_ci(diffs, 1000, seed=0)
+
+
+def test_refine_registry_errors():
+    assert refine_methods([UNREFINED])[0].name == UNREFINED
+    pytest.importorskip("promptmoe_plugin.refine")
+    with pytest.raises(ValueError, match="unknown refine method 'nope'.*samrefiner"):
+        refine_methods(["nope"])
+
+
+def test_refine_bench_end_to_end(engine):
+    pytest.importorskip("promptmoe_plugin.refine")
+    folder = str(data_dir("GrabCut"))
+    kwargs = dict(coarse=["lowres", "morph"], baseline=UNREFINED, limit=1, bootstrap=100, overlays=1)
+    result, extremes = run_refine_bench(engine, [folder], ["sam-box"], **kwargs)
+    recs = result["per_image"]
+    assert len(recs) == 4 and {r["method"] for r in recs} == {"sam-box", UNREFINED}
+    un = [r for r in recs if r["method"] == UNREFINED]
+    assert all(r["iou"] == r["iou_before"] and r["encode_seconds"] == 0 for r in un)
+    box = [r for r in recs if r["method"] == "sam-box"]
+    assert all(r["encode_seconds"] > 0 and 0 <= r["iou"] <= 1 for r in box)
+    assert result["summary"][UNREFINED]["delta_iou"] == 0.0
+    assert set(result["by_group"]) == {"GrabCut/lowres", "GrabCut/morph"}
+    assert len(extremes["sam-box"].best()) == 1
+    again, _ = run_refine_bench(engine, [folder], ["sam-box"], **{**kwargs, "overlays": 0})
+    assert [r["iou"] for r in again["per_image"]] == [r["iou"] for r in recs]
