@@ -102,7 +102,4 @@ def add_backend_options(parser: argparse.ArgumentParser) -> None:
     add_engine_options(parser)
     group = parser.add_argument_group("Label Studio backend")
     for name, var, flag, text in _BACKEND_OPTIONS:
-        default = os.environ.get(var) or None
-        secret = name in ("label_studio_api_key", "basic_auth_pass")
-        shown = ("set" if default else "unset") if secret else default
-        group.add_argument(flag, dest=name, default=default, help=f"{text} (env {var}; now: {shown})")
+        group.add_argument(flag, dest=name, default=os.environ.get(var) or None, help=f"{text} (env {var})")

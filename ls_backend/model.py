@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from promptmoe_plugin.refine import refine
+from promptmoe_plugin.refine import VARIANTS, refine
 from promptmoe_plugin.router import load_router, refit_router
 from promptmoe_plugin.sam import Prompt, SamEngine
 from promptmoe_plugin.sam.cache import image_key
@@ -114,6 +114,8 @@ class PromptMoEModel:
     EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED", "ANNOTATIONS_DELETED", "START_TRAINING")
 
     def __init__(self, engine: SamEngine, settings: Settings):
+        if settings.refine_variant not in VARIANTS:
+            raise ValueError(f"REFINE_VARIANT {settings.refine_variant!r} is not one of {', '.join(VARIANTS)}")
         self.engine = engine
         self.settings = settings
         self.fetcher = ImageFetcher(settings)
