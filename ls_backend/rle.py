@@ -70,20 +70,11 @@ def _encode_runs(num: int, lengths: np.ndarray, values: np.ndarray) -> list[int]
     return np.packbits(bits).tolist()
 
 
-def encode_words(words: np.ndarray) -> list[int]:
-    """RLE of a 1-D array of byte words ``(N,) uint8`` (e.g. a flattened RGBA canvas)."""
-    words = np.asarray(words)
-    if words.ndim != 1 or words.dtype != np.uint8:
-        raise ValueError(f"words must be a 1-D uint8 array, got {words.shape} {words.dtype}")
-    if words.size == 0:
-        return _encode_runs(0, np.zeros(0, np.int64), np.zeros(0, np.uint8))
-    return _encode_runs(words.size, *_runs(words))
-
-
 def encode(mask: np.ndarray) -> list[int]:
     """Brush RLE of a ``(H, W) bool`` mask in the image frame (pixels painted with 255).
 
-    Equals ``encode_words`` of the mask's RGBA canvas (each pixel as 4 equal bytes).
+    The payload is the mask's RGBA canvas (each pixel as 4 equal bytes, 0 or 255); runs
+    are found on the pixels and scaled by 4, so the canvas is never materialised.
     """
     mask = np.asarray(mask)
     if mask.ndim != 2 or mask.size == 0:
