@@ -150,3 +150,31 @@ def test_click_bench_project_simulation_and_reproducible(engine, monkeypatch):
     rec = [r for r in first["per_image"] if r["method"] == "recording"]
     assert [r["ious"] for r in sam] == [r["ious"] for r in rec]
     assert first["summary"]["sam"]["images"] == 3 and first["config"]["references"] == 2
+
+
+def test_cli_click_writes_json_and_report(tmp_path, capsys):
+    import json
+
+    from promptmoe_plugin.cli import main
+
+    folder = str(data_dir("GrabCut"))
+    out, path = tmp_path / "report", tmp_path / "r.json"
+    argv = ["bench", "click", "--data", folder, "--limit", "1", "--max-clicks", "5", "--methods", "sam"]
+    assert main([*argv, "--device", "cpu", "--json", str(path), "--out", str(out), "--overlays", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "GrabCut" in printed and "miou@1" in printed
+    result = json.loads(path.read_text())
+    assert set(result) >= {"summary", "per_image", "config"} and result["summary"]["sam"]["images"] == 1
+    assert "![](overlays/" in (out / "report.md").read_text() and len(list((out / "overlays").glob("*.png"))) == 2
+    assert main(["bench", "click", "--data", folder, "--methods", "nope"]) == 2
+    assert "unknown click method" in capsys.readouterr().err
+
+
+def test_method_options_parsing():
+    from promptmoe_plugin.eval.bench import _method_options, _options
+
+    opts = _options(["k=3", "smartsam-ref:selector=dinov2", "flag=false", "path=a:b"])
+    assert opts == {"*": {"k": 3, "flag": False, "path": "a:b"}, "smartsam-ref": {"selector": "dinov2"}}
+    assert _method_options(opts, "smartsam-ref")["selector"] == "dinov2" and "selector" not in _method_options(opts, "sam")
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        _options(["novalue"])

@@ -45,13 +45,17 @@ def _datasets(folders: Sequence[str], limit: int | None) -> list[tuple[str, list
     return out
 
 
-def _options(pairs: Sequence[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` strings as method keyword options (numbers and booleans parsed)."""
-    out: dict[str, Any] = {}
+def _options(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``[METHOD:]KEY=VALUE`` strings as keyword options per method (``"*"``: every method).
+
+    Values that parse as int, float or true/false are converted.
+    """
+    out: dict[str, dict[str, Any]] = {}
     for pair in pairs:
-        key, sep, value = pair.partition("=")
+        target, _, assignment = pair.rpartition(":") if ":" in pair.partition("=")[0] else ("", "", pair)
+        key, sep, value = assignment.partition("=")
         if not sep or not key:
-            raise ValueError(f"--option expects KEY=VALUE, got {pair!r}")
+            raise ValueError(f"--option expects [METHOD:]KEY=VALUE, got {pair!r}")
         parsed: Any = value
         for cast in (int, float):
             try:
@@ -61,8 +65,13 @@ def _options(pairs: Sequence[str]) -> dict[str, Any]:
                 continue
         if value.lower() in ("true", "false"):
             parsed = value.lower() == "true"
-        out[key] = parsed
+        out.setdefault(target or "*", {})[key] = parsed
     return out
+
+
+def _method_options(options: dict[str, dict[str, Any]] | None, method: str) -> dict[str, Any]:
+    options = options or {}
+    return {**options.get("*", {}), **options.get(method, {})}
 
 
 # ---------------------------------------------------------------------- clicks
@@ -75,7 +84,7 @@ def run_click_bench(
     seed: int = 0,
     max_clicks: int = MAX_CLICKS,
     references: int = 5,
-    options: dict[str, Any] | None = None,
+    options: dict[str, dict[str, Any]] | None = None,
     overlays: int = 0,
 ) -> tuple[dict[str, Any], dict[str, Extremes]]:
     """Simulate click sessions of every method on every image.
@@ -116,7 +125,7 @@ def run_click_bench(
             for method in methods:
                 refs = list(earlier) if method.uses_references else []
                 start = lambda m=method, r=refs: m.start(  # noqa: E731
-                    engine, image, references=r, seed=sample_seed(seed, sample.name), options=options
+                    engine, image, references=r, seed=sample_seed(seed, sample.name), options=_method_options(options, m.name)
                 )
                 run = simulate(start, gt, ignore, max_clicks=max_clicks, keep_masks=overlays > 0)
                 per_image.append(
@@ -215,7 +224,7 @@ def run_refine_bench(
     baseline: str = "samrefiner",
     limit: int | None = None,
     seed: int = 0,
-    options: dict[str, Any] | None = None,
+    options: dict[str, dict[str, Any]] | None = None,
     time_encoder: bool = True,
     bootstrap: int = 2000,
     overlays: int = 0,
@@ -265,7 +274,7 @@ def run_refine_bench(
                 before = (iou(initial, gt, ignore), boundary_iou(initial, gt, ignore), boundary_iou(initial, gt, ignore, kind="cheng"))
                 for method in methods:
                     t0 = time.perf_counter()
-                    out = method.run(engine, image, initial, seed=s, options=options)
+                    out = method.run(engine, image, initial, seed=s, options=_method_options(options, method.name))
                     seconds = time.perf_counter() - t0
                     after = (iou(out.mask, gt, ignore), boundary_iou(out.mask, gt, ignore), boundary_iou(out.mask, gt, ignore, kind="cheng"))
                     record = {
@@ -482,7 +491,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", action="append", required=True, metavar="DIR", help="dataset folder (img/+gt/ or data_GT/+boundary_GT/); repeat for several")
     p.add_argument("--limit", type=int, help="first N images of each dataset")
     p.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="keyword option passed to every method")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="keyword option for every method, or for one with METHOD:KEY=VALUE (e.g. smartsam-ref:selector=dinov2)")
     p.add_argument("--json", help="write summary, per-image figures and config to this JSON file")
     p.add_argument("--out", help="folder for report.md and best/worst overlay PNGs")
     p.add_argument("--overlays", type=int, default=3, help="best and worst cases drawn per method with --out (default 3)")
