@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .clicker import MAX_CLICKS, THRESHOLDS, simulate, summarize_runs
+from .clicker import MAX_CLICKS, MIOU_AT, THRESHOLDS, simulate, summarize_runs
 from .coarse import KINDS, make_coarse, sample_seed
 from .datasets import Sample, dataset_name, load_dataset
 from .methods import UNREFINED, click_methods, refine_methods
@@ -110,7 +110,7 @@ def run_click_bench(
         "model": engine.model_id,
         "protocol": "first click at the deepest GT pixel, then the deepest pixel of the larger error; "
         "ignore band excluded; previous logits fed back; no pixel clicked twice; "
-        f"stop at IoU >= {max(THRESHOLDS)} after 5 clicks",
+        f"stop at IoU >= {max(THRESHOLDS)} after {max(MIOU_AT)} clicks",
     }
     per_image: list[dict[str, Any]] = []
     extremes = {m.name: Extremes(overlays) for m in methods}
