@@ -88,7 +88,7 @@ def files(voc, tmp_path_factory):
 @pytest.fixture(scope="module")
 def label_studio(files, tmp_path_factory):
     venv = subprocess.run(["sh", str(REPO / "tests" / "labelstudio" / "make_venv.sh"), LS_VERSION],
-                          capture_output=True, text=True, timeout=2400)
+                          capture_output=True, text=True, timeout=2400, env={**os.environ, "PYTHON": sys.executable})
     if venv.returncode != 0:
         pytest.fail(f"cannot create the Label Studio venv:\n{venv.stderr[-3000:]}")
     data = tmp_path_factory.mktemp("ls_data")
