@@ -120,3 +120,5 @@ def test_config_rejects_bad_options():
         SmartSamConfig(reduce="median")
     with pytest.raises(ValueError):
         SmartSamConfig(n_chains=-1)
+    with pytest.raises(ValueError):
+        SmartSamConfig(max_area=0)

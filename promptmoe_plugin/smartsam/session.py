@@ -45,6 +45,8 @@ class SmartSamConfig:
         chain_steps: agent clicks per chain.
         rho: uncertainty level of the chain clickers (:func:`.chains.uncertain_regions`).
         duplicate_iou: candidates overlapping more than this are merged.
+        max_area: candidates covering more than this fraction of the image are taken for
+            background: never chosen (unless nothing else holds the click) nor chained.
         reduce: ``"max"`` or ``"mean"`` similarity over several references.
         iou_weight: weight of SAM's predicted IoU added to the reference similarity.
     """
@@ -56,6 +58,7 @@ class SmartSamConfig:
     chain_steps: int = 3
     rho: float = 0.5
     duplicate_iou: float = 0.95
+    max_area: float = 0.6
     reduce: str = "max"
     iou_weight: float = 0.5
 
@@ -63,6 +66,8 @@ class SmartSamConfig:
         for name in ("n_points", "n_boxes", "n_chains", "chain_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.max_area <= 1:
+            raise ValueError(f"max_area must be in (0, 1], got {self.max_area}")
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
         if self.reduce not in ("max", "mean"):
@@ -244,14 +249,16 @@ class SmartSamSession:
         log.debug("SmartSAM: %d candidates, chose %d (%s), %s", len(self.pool), index, self.pool.source[index], self.timings)
         return index
 
-    def _containing(self, row: int, col: int) -> np.ndarray:
-        """``(N,) bool`` candidates whose mask contains low-res pixel (row, col)."""
-        return self.pool.logits[:, row, col] > 0
+    def _eligible(self, masks: np.ndarray, row: int, col: int) -> np.ndarray:
+        """``(N,) bool`` candidates that hold low-res pixel (row, col) and are neither
+        empty nor larger than ``max_area`` of the image; ``masks`` ``(N, lh, lw) bool``."""
+        area = masks.mean(axis=(1, 2))
+        return (self.pool.logits[:, row, col] > 0) & (area > 0) & (area <= self.config.max_area)
 
     def _starts(self, row: int, col: int) -> list[int]:
         """Chain starts: the best distinct candidates that contain the click."""
         masks = crop_logits(self.emb, self.pool.logits) > 0
-        keep = self._containing(row, col) & ~_duplicates(masks, self.pool.iou, self.config.duplicate_iou)
+        keep = self._eligible(masks, row, col) & ~_duplicates(masks, self.pool.iou, self.config.duplicate_iou)
         order = [int(i) for i in np.argsort(-self.pool.iou, kind="stable") if keep[i]]
         return order[: self.config.n_chains]
 
@@ -288,15 +295,21 @@ class SmartSamSession:
             chains = active
 
     def _select(self, row: int, col: int) -> int:
-        """Index of the chosen candidate: contains the click, then the best score."""
+        """Index of the chosen candidate: eligible (:meth:`_eligible`), then the best score
+        (predicted IoU, plus reference similarity when there are references)."""
         masks = crop_logits(self.emb, self.pool.logits) > 0
-        ok = self._containing(row, col) & masks.any(axis=(1, 2))
-        if not ok.any():
+        ok = self._eligible(masks, row, col)
+        if not ok.any():  # nothing plausible holds the click: fall back to any non-empty one
             ok = masks.any(axis=(1, 2)) if masks.any() else np.ones(len(self.pool), bool)
         score = self.pool.iou.astype(np.float64).copy()
         if len(self.references) and self.selector.name != "none":
             idx = np.flatnonzero(ok)
             feats = self.selector.candidate_features(self.emb, masks[idx].astype(np.float32))
+            if feats.shape[1] != self.references.shape[1]:
+                raise ValueError(
+                    f"reference features have {self.references.shape[1]} dimensions but selector "
+                    f"{self.selector.name!r} gives {feats.shape[1]}: were they made by another selector?"
+                )
             sim = similarity(feats, self.references, self.config.reduce)
             score[idx] = sim + self.config.iou_weight * self.pool.iou[idx]
         score[~ok] = -np.inf
