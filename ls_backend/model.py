@@ -121,6 +121,7 @@ class PromptMoEModel:
         self.fetcher = ImageFetcher(settings)
         self.store = ReferenceStore(settings.model_dir)
         self.selector = make_selector(settings.selector, engine)
+        self._shape: tuple[int, ...] | None = None
         self._tracks = _Tracks(SESSION_CACHE)
         self._router_lock = threading.Lock()
         current = self.store.current_router()
@@ -287,8 +288,8 @@ class PromptMoEModel:
         if self.settings.selector == "none":
             return None
         cached = self.store.features(ref, self.settings.selector)
-        if cached is not None:
-            return cached
+        if cached is not None and cached.shape == self._feature_shape():
+            return cached  # (features of another shape come from an older selector: redo)
         try:
             image = self.fetcher.image(ref.image_url)
         except ImageFetchError as exc:
@@ -300,6 +301,15 @@ class PromptMoEModel:
         features = self.selector.reference_features(image, ref.mask)
         self.store.put_features(ref, self.settings.selector, features)
         return features
+
+    def _feature_shape(self) -> tuple[int, ...]:
+        """Shape of the selector's reference features, measured once on a tiny image."""
+        if self._shape is None:
+            image = np.zeros((32, 32, 3), np.uint8)
+            mask = np.zeros((32, 32), bool)
+            mask[8:24, 8:24] = True
+            self._shape = self.selector.reference_features(image, mask).shape
+        return self._shape
 
     # ------------------------------------------------------------------ drafts
     def _pre_annotate(self, task: dict, config: LabelConfig, project: str) -> list[Region]:

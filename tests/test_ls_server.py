@@ -259,3 +259,13 @@ def test_concurrent_requests(client, scene):
     for t in threads:
         t.join()
     assert statuses == [(200, 1)] * 4
+
+
+def test_stale_reference_features_are_recomputed(model, scene):
+    _, gt = scene
+    model.store.replace_annotation("7", 1, 1, IMAGE, [("0:a", "Person", gt["person_left"])])
+    (ref,) = model.store.references("7", "Person", 8)
+    model.store.put_features(ref, model.settings.selector, np.ones(3, np.float32))  # an older selector's
+    features = model._reference_features(ref)
+    assert features.shape == model._feature_shape() and features.shape != (3,)
+    assert np.array_equal(model.store.features(ref, model.settings.selector), features)
