@@ -5,6 +5,6 @@ selectors, whose reference features callers may compute once and cache).
 """
 
 from .selectors import SELECTORS, Selector, SelectorError, make_selector, similarity
-from .session import SmartSamConfig, SmartSamSession
+from .session import PAPER, SmartSamConfig, SmartSamSession
 
-__all__ = ["SELECTORS", "Selector", "SelectorError", "SmartSamConfig", "SmartSamSession", "make_selector", "similarity"]
+__all__ = ["PAPER", "SELECTORS", "Selector", "SelectorError", "SmartSamConfig", "SmartSamSession", "make_selector", "similarity"]

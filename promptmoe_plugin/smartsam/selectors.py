@@ -143,9 +143,7 @@ def _histograms(weights: np.ndarray, bins: np.ndarray, n_bins: int) -> np.ndarra
     """``(N, P)`` weights, ``(P,)`` bin index -> ``(N, n_bins)`` Hellinger-mapped unit
     histograms (sqrt of the normalised histogram, so the cosine is the Bhattacharyya
     coefficient)."""
-    onehot = np.zeros((len(bins), n_bins), np.float32)
-    onehot[np.arange(len(bins)), bins] = 1
-    hist = weights @ onehot
+    hist = np.stack([np.bincount(bins, weights=w, minlength=n_bins) for w in weights])
     hist /= np.maximum(hist.sum(axis=1, keepdims=True), 1e-6)
     return _unit(np.sqrt(hist))
 
