@@ -154,12 +154,14 @@ class SamSelector:
     Args:
         engine: the SAM engine (reference images are embedded through its cache).
         weights: squared weights of the (SAM, colour, texture) parts; the cosine of two
-            features is ``sum_k weights[k] * cos_k``.
+            features is ``sum_k weights[k] * cos_k``.  The SAM part separates objects best
+            (README: AUC of good vs bad candidates 0.98 DAVIS / 0.88 GrabCut, colour 0.91 /
+            0.60, texture 0.93 / 0.56), hence its large weight.
     """
 
     name = "sam"
 
-    def __init__(self, engine: SamEngine, weights: tuple[float, float, float] = (0.6, 0.3, 0.1)):
+    def __init__(self, engine: SamEngine, weights: tuple[float, float, float] = (0.8, 0.15, 0.05)):
         self.engine = engine
         self._refs = ReferenceCache()
         w = np.asarray(weights, np.float64)
