@@ -82,3 +82,14 @@ def test_refine_bench_end_to_end(engine):
     assert len(extremes["sam-box"].best()) == 1
     again, _ = run_refine_bench(engine, [folder], ["sam-box"], **{**kwargs, "overlays": 0})
     assert [r["iou"] for r in again["per_image"]] == [r["iou"] for r in recs]
+
+
+def test_encoder_clock_times_real_encodes(engine, voc):
+    from promptmoe_plugin.eval.bench import EncoderClock
+
+    engine.embed(voc["rgb"])  # cached in the benchmark engine: the clock still encodes for real
+    clock = EncoderClock(engine, images=1)
+    first = clock.seconds(voc["rgb"])
+    assert first > 0 and clock.seconds(voc["rgb"][::-1].copy()) == first
+    assert clock.timer.stats().encodes == 1
+    assert EncoderClock(engine, images=0).seconds(voc["rgb"]) == 0.0

@@ -210,9 +210,28 @@ def _run_click(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- refinement
-def _encode_seconds(timer: SamEngine, image: np.ndarray) -> float:
-    """Wall time of a real encode of ``image`` on ``timer`` (an engine without caches)."""
-    return timer.embed(image).encode_seconds
+class EncoderClock:
+    """Encoder seconds per image, from real encodes on an engine without caches.
+
+    SAM encodes a fixed 1024x1024 padded input, so its time does not depend on the image:
+    with ``images`` set, only the first ``images`` images of a run are encoded and the rest
+    get the median of those (saves an encode per image on a busy machine); ``images=None``
+    encodes every image; ``images=0`` disables timing (0 s).
+    """
+
+    def __init__(self, engine: SamEngine, images: int | None = None):
+        self.timer = type(engine)(engine.sam, cache_mb=0) if images != 0 else None
+        self.images = images
+        self.measured: list[float] = []
+
+    def seconds(self, image: np.ndarray) -> float:
+        """Encoder time for ``image`` ``(H, W, 3) uint8``: measured or the median so far."""
+        if self.timer is None:
+            return 0.0
+        if self.images is None or len(self.measured) < self.images:
+            self.measured.append(self.timer.embed(image).encode_seconds)
+            return self.measured[-1]
+        return float(np.median(self.measured))
 
 
 def run_refine_bench(
@@ -225,16 +244,17 @@ def run_refine_bench(
     limit: int | None = None,
     seed: int = 0,
     options: dict[str, dict[str, Any]] | None = None,
-    time_encoder: bool = True,
+    encoder_images: int | None = None,
     bootstrap: int = 2000,
     overlays: int = 0,
 ) -> tuple[dict[str, Any], dict[str, Extremes]]:
     """Refine generated coarse masks with every method on every image.
 
     ``sec_per_annotation`` = the image's encoder time + the method's wall time (``unrefined``
-    uses no encoder).  The encoder time is measured by a real encode of each image, once, on
+    uses no encoder).  The encoder time is measured by a real encode of the image, once, on
     an engine that shares the model but has no cache (the benchmark itself uses the cached
-    embedding, so every method sees identical features); with ``time_encoder=False`` it is 0.
+    embedding, so every method sees identical features); see :class:`EncoderClock` for
+    ``encoder_images``.
 
     Returns:
         the JSON payload and, per method, the extreme cases by IoU gain.
@@ -245,7 +265,7 @@ def run_refine_bench(
     names = list(dict.fromkeys([*method_names, baseline]))
     methods = refine_methods(names)
     data = _datasets(folders, limit)
-    timer = type(engine)(engine.sam, cache_mb=0) if time_encoder else None
+    clock = EncoderClock(engine, encoder_images)
     config = {
         "benchmark": "refine",
         "datasets": {n: len(s) for n, s in data},
@@ -255,7 +275,7 @@ def run_refine_bench(
         "seed": seed,
         "options": options or {},
         "model": engine.model_id,
-        "encoder_timed": time_encoder,
+        "encoder_timed_images": "all" if encoder_images is None else encoder_images,
         "bootstrap": bootstrap,
     }
     per_image: list[dict[str, Any]] = []
@@ -266,7 +286,7 @@ def run_refine_bench(
             if not (gt & ~ignore).any():
                 log.warning("%s/%s: empty ground truth, skipped", name, sample.name)
                 continue
-            encode = _encode_seconds(timer, image) if timer is not None else 0.0
+            encode = clock.seconds(image)
             engine.embed(image)
             s = sample_seed(seed, sample.name)
             for kind in coarse:
@@ -454,7 +474,7 @@ def _run_refine(args: argparse.Namespace) -> int:
         limit=args.limit,
         seed=args.seed,
         options=_options(args.option),
-        time_encoder=not args.no_encoder_timing,
+        encoder_images=args.encoder_images,
         bootstrap=args.bootstrap,
         overlays=args.overlays if args.out else 0,
     )
@@ -520,7 +540,13 @@ def add_bench_refine(sub, bench) -> None:
     p.add_argument("--coarse", default=",".join(KINDS), help=f"coarse-mask kinds (default {','.join(KINDS)})")
     p.add_argument("--baseline", default="samrefiner", help="method the CI of differences is computed against (default samrefiner)")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the 95%% CI (default 2000; 0 = off)")
-    p.add_argument("--no-encoder-timing", action="store_true", help="do not time a real encode per image (sec_per_annotation then excludes it)")
+    p.add_argument(
+        "--encoder-images",
+        type=int,
+        metavar="K",
+        help="time a real encode on the first K images only and use their median for the rest "
+        "(default: every image; 0: no encoder time in sec_per_annotation)",
+    )
     _common(p)
     add_engine_options(p)
     p.set_defaults(func=_run_refine)
