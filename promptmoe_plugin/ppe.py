@@ -26,7 +26,12 @@ MAX_RADIUS_SAMPLES = 200_000
 
 
 def place_points(
-    saliency: np.ndarray, mask: np.ndarray, k: int = 5, lam: float = 0.05, radius: float | None = None
+    saliency: np.ndarray,
+    mask: np.ndarray,
+    k: int = 5,
+    lam: float = 0.05,
+    radius: float | None = None,
+    floor: float = 0.0,
 ) -> np.ndarray:
     """PPE: up to ``k`` positive points at saliency peaks, spread by an adaptive radius.
 
@@ -40,6 +45,8 @@ def place_points(
         k: maximum number of points.
         lam: suppressed share of the mask per point (0: no suppression).
         radius: a fixed suppression radius in pixels instead of the adaptive one.
+        floor: only pixels whose saliency reaches ``floor`` times the best in the mask are
+            eligible (0: all mask pixels).
 
     Returns:
         ``(n, 2) float64`` (x, y) points inside the mask, ``1 <= n <= k`` (0 when the
@@ -48,6 +55,8 @@ def place_points(
     if k < 1 or not 0 <= lam < 1:
         raise ValueError(f"need k >= 1 and 0 <= lam < 1, got k={k}, lam={lam}")
     avail = np.where(mask, saliency, 0).astype(np.float32)
+    if floor > 0:
+        avail[avail < floor * float(avail.max())] = 0
     ys, xs = np.nonzero(mask)
     step = max(1, math.ceil(len(ys) / MAX_RADIUS_SAMPLES))
     sy, sx = ys[::step].astype(np.float32), xs[::step].astype(np.float32)

@@ -36,6 +36,7 @@ VARIANTS = ("full", "lite", "dense", "samrefiner", "dualsight", "sam-box", "unre
 DEFAULTS: dict[str, Any] = {
     "k": 5,  # PPE positives
     "lam": 0.05,  # PPE suppressed share of the mask per point
+    "floor": 0.0,  # PPE: eligible pixels have saliency >= floor * max
     "iterations": 3,  # prompt -> decode rounds (full, lite, dense, samrefiner)
     "gamma": GAMMA,
     "strength": STRENGTH,
@@ -43,6 +44,7 @@ DEFAULTS: dict[str, Any] = {
     "grid": 6,  # SAM-everything grid side
     "depth_model": None,  # path or hub id; default $PROMPTMOE_DEPTH_MODEL; None: no depth expert
     "router": None,  # Router, weights path, or None for the shipped weights
+    "experts": None,  # fixed experts (names or "a,b"), equal weights, instead of the selector
 }
 
 
@@ -202,7 +204,13 @@ def refine(
         else:
             depth = depth_estimator(opt["depth_model"])
             names = available_experts(depth, CHEAP_EXPERTS if variant == "lite" else EXPERTS)
-            if variant == "dense":
+            if opt["experts"]:
+                fixed = opt["experts"].split(",") if isinstance(opt["experts"], str) else list(opt["experts"])
+                missing = set(fixed) - set(names)
+                if missing:
+                    raise ValueError(f"experts {sorted(missing)} are not available for {variant}; available: {', '.join(names)}")
+                weights = {n: 1.0 for n in fixed}
+            elif variant == "dense":
                 weights = {n: 1.0 for n in names}
             else:
                 weights = _router(opt["router"]).select(context_features(emb, m0), names, opt["budget"])
@@ -211,10 +219,10 @@ def refine(
             clock.lap("experts")
             saliency = fuse(list(maps.values()), list(weights.values()))
             clock.lap("fusion")
-            k, lam = opt["k"], opt["lam"]
+            k, lam, floor = opt["k"], opt["lam"], opt["floor"]
 
             def place(mask: np.ndarray) -> np.ndarray:
-                return place_points(saliency, mask, k, lam)
+                return place_points(saliency, mask, k, lam, floor=floor)
 
         result = _iterate(engine, emb, m0, place, opt["iterations"], opt["gamma"], opt["strength"], clock)
         if result is None:
