@@ -279,3 +279,65 @@ def add_refine(sub, bench) -> None:
     p.add_argument("--seed", type=int, default=0)
     add_engine_options(p)
     p.set_defaults(func=_run_refine)
+    add_bench_stages(sub, bench)
+
+
+#: Stages that do not run SAM's encoder or decoder (``upscale`` is the bilinear map of
+#: logits to the output frame).
+NON_SAM_STAGES = ("prepare", "router", "experts", "fusion", "prompts", "upscale")
+
+
+def stage_timings(
+    engine: SamEngine, folders: list[str], variant: str = "lite", limit: int = 5, scale: int = 4, kind: str = "morph"
+) -> dict[str, dict[str, float]]:
+    """Mean seconds per stage of ``variant`` on dataset images at their size and upscaled
+    ``scale`` times (bicubic image, nearest mask): does the pipeline stay in the working frame?"""
+    import cv2
+    from tqdm import tqdm
+
+    from .eval.coarse import make_coarse, sample_seed
+    from .eval.datasets import load_dataset
+
+    sums: dict[str, dict[str, float]] = {"original": {}, f"x{scale}": {}}
+    samples = [s for folder in folders for s in load_dataset(folder)[:limit]]
+    for sample in tqdm(samples, desc="stage timings", unit="img"):
+        image, gt, _ = sample.load()
+        coarse = make_coarse(gt, image, kind, sample_seed(0, sample.name))
+        big = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+        big_mask = cv2.resize(coarse.astype(np.uint8), None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST) > 0
+        for label, (img, mask) in (("original", (image, coarse)), (f"x{scale}", (big, big_mask))):
+            engine.embed(img)  # encoder time is not a stage measured here
+            out = refine(engine, img, mask, variant)
+            for stage, sec in out.timings.items():
+                sums[label][stage] = sums[label].get(stage, 0.0) + sec / len(samples)
+    for label in sums:
+        sums[label]["non_sam_total"] = sum(sums[label].get(s, 0.0) for s in NON_SAM_STAGES)
+    return sums
+
+
+def _run_stage_bench(args: argparse.Namespace) -> int:
+    from .cli import make_engine, write_json
+
+    result = stage_timings(make_engine(args), args.data, args.variant, args.limit, args.scale)
+    labels = list(result)
+    stages = [s for s in (*NON_SAM_STAGES, "non_sam_total", "decode", "encode") if s in result[labels[0]]]
+    print(f"{args.variant}: mean seconds per annotation and stage")
+    print(f"{'stage':14s} " + " ".join(f"{lab:>10s}" for lab in labels) + "      ratio")
+    for s in stages:
+        a, b = result[labels[0]].get(s, 0.0), result[labels[1]].get(s, 0.0)
+        print(f"{s:14s} {a:10.4f} {b:10.4f} {b / a if a > 0 else float('nan'):10.2f}")
+    write_json(args.json, {"variant": args.variant, "scale": args.scale, "limit": args.limit, "stages": result})
+    return 0
+
+
+def add_bench_stages(sub, bench) -> None:
+    from .cli import add_engine_options
+
+    p = bench.add_parser("refine-stages", help="refinement stage timings at the original size and upscaled")
+    p.add_argument("--data", action="append", required=True, metavar="DIR", help="dataset folder; repeat for several")
+    p.add_argument("--variant", default="lite", choices=[v for v in VARIANTS if v != "unrefined"])
+    p.add_argument("--limit", type=int, default=5, help="first N images of each dataset (default 5)")
+    p.add_argument("--scale", type=int, default=4, help="upscaling factor (default 4)")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    add_engine_options(p)
+    p.set_defaults(func=_run_stage_bench)
