@@ -43,8 +43,11 @@ from .references import Reference, ReferenceStore
 
 log = logging.getLogger(__name__)
 
-#: Click sessions kept for later clicks (one per (image, label, clicks so far)).
-SESSION_CACHE = 64
+#: Memory for click sessions kept for later clicks (one per (image, label, clicks so far)).
+SESSION_CACHE_MB = 256
+#: Estimated bytes one click session holds beyond the shared embedding: a copy of the
+#: image, its masks (1 byte per pixel each), and its candidate logits.
+_SESSION_FIXED_BYTES = 2 * 2**20
 
 
 class TaskError(ValueError):
@@ -76,26 +79,33 @@ class _Track:
 
 
 class _Tracks:
-    """Click tracks by (image, project, label, clicks), least recently used dropped first.
+    """Click tracks by (image, project, label, clicks), bounded in bytes, least recently
+    used dropped first.
 
     ``pop`` takes a track out while a request advances it, so a track never sits under a
     key whose clicks it no longer has.
     """
 
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self._items: OrderedDict[tuple, _Track] = OrderedDict()
+    def __init__(self, capacity_mb: float):
+        self.capacity = int(capacity_mb * 2**20)
+        self._items: OrderedDict[tuple, tuple[_Track, int]] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
 
     def pop(self, key: tuple) -> _Track | None:
         with self._lock:
-            return self._items.pop(key, None)
+            item = self._items.pop(key, None)
+            if item is None:
+                return None
+            self._bytes -= item[1]
+            return item[0]
 
-    def put(self, key: tuple, track: _Track) -> None:
+    def put(self, key: tuple, track: _Track, nbytes: int) -> None:
         with self._lock:
-            self._items[key] = track
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+            self._items[key] = (track, nbytes)
+            self._bytes += nbytes
+            while self._bytes > self.capacity and self._items:
+                self._bytes -= self._items.popitem(last=False)[1][1]
 
 
 def project_id(project: Any) -> str:
@@ -122,7 +132,7 @@ class PromptMoEModel:
         self.store = ReferenceStore(settings.model_dir)
         self.selector = make_selector(settings.selector, engine)
         self._shape: tuple[int, ...] | None = None
-        self._tracks = _Tracks(SESSION_CACHE)
+        self._tracks = _Tracks(SESSION_CACHE_MB)
         self._router_lock = threading.Lock()
         current = self.store.current_router()
         self._router_version = current[0] if current else 0
@@ -249,7 +259,8 @@ class PromptMoEModel:
         for x, y, positive in done[len(track.clicks):]:
             self._add_click(track, image, label, project, Click(x, y, positive))
         track.clicks = done
-        self._tracks.put((*key_base, done), track)
+        per_session = image.nbytes + 2 * image[..., 0].nbytes + _SESSION_FIXED_BYTES
+        self._tracks.put((*key_base, done), track, len(track.sessions) * per_session)
         return [Region(label, s.mask, float(s.score)) for s in track.sessions]
 
     def _add_click(self, track: _Track, image: np.ndarray, label: str, project: str, click: Click) -> None:

@@ -269,3 +269,14 @@ def test_stale_reference_features_are_recomputed(model, scene):
     features = model._reference_features(ref)
     assert features.shape == model._feature_shape() and features.shape != (3,)
     assert np.array_equal(model.store.features(ref, model.settings.selector), features)
+
+
+def test_click_tracks_stay_within_their_byte_bound():
+    from ls_backend.model import _Track, _Tracks
+
+    tracks = _Tracks(capacity_mb=1)
+    for i in range(3):
+        tracks.put(("img", "1", "Person", (i,)), _Track(), 400 * 1024)
+    assert tracks.pop(("img", "1", "Person", (0,))) is None  # least recently used, dropped
+    assert tracks.pop(("img", "1", "Person", (2,))) is not None
+    assert tracks.pop(("img", "1", "Person", (2,))) is None  # popped while a request advances it
