@@ -362,7 +362,11 @@ class PromptMoEModel:
             raise TaskError(f"mask values {bad} name no brush label (1..{len(config.labels)} = {list(config.labels)})")
         return [(config.labels[v - 1], values == v) for v in present]
 
-    def _refine_drafts(self, image, url, drafts, task, project) -> list[Region]:
+    def _refine_drafts(
+        self, image: np.ndarray, url: str, drafts: list[tuple[str, np.ndarray]], task: dict, project: str
+    ) -> list[Region]:
+        """PromptMoE refinement of each ``(label, draft (H, W) bool)``; the union of a label's
+        drafts is remembered for pairing with the submitted annotation."""
         regions = []
         unions: dict[str, np.ndarray] = {}
         for label, draft in drafts:
