@@ -98,3 +98,11 @@ def test_refinement_prompt_maps_to_image_pixels(engine, voc):
     ys, xs = np.nonzero(gt)
     x0, y0, x1, y1 = prompt.box
     assert abs(x0 - xs.min()) <= 2 and abs(y1 - ys.max()) <= 2  # the tight box, in image pixels
+
+
+def test_floor_keeps_points_among_confident_pixels():
+    mask = blob()
+    sal = edge_distance(mask)
+    pts = place_points(sal, mask, k=5, lam=0.02, floor=0.6).astype(int)
+    assert len(pts) >= 1
+    assert (sal[pts[:, 1], pts[:, 0]] >= 0.6 * sal.max()).all()

@@ -77,3 +77,11 @@ def test_refine_command_writes_mask_and_overlay(tmp_path, case):
     out = load_mask(tmp_path / "out.png")
     assert out.shape == gt.shape and iou(out, gt) > 0.5
     assert Image.open(tmp_path / "ov.png").size == (gt.shape[1], gt.shape[0])
+
+
+def test_fixed_experts_option(engine, case):
+    image, gt, coarse = case
+    out = refine(engine, image, coarse, "lite", experts="edge,color", iterations=1)
+    assert out.experts == {"edge": 1.0, "color": 1.0}
+    with pytest.raises(ValueError, match="not available"):
+        refine(engine, image, coarse, "lite", experts="sam_box")
