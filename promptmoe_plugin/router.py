@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .experts import CHEAP_EXPERTS, EXPERTS, ExpertInput, available_experts, depth_estimator, expert_maps
-from .experts.geometry import edge_distance, to_image_frame, to_working
+from .experts.geometry import to_image_frame, to_working
 from .fusion import fuse
 from .ppe import GAMMA, STRENGTH, place_points, refinement_prompt
 from .sam import ImageEmbedding, SamEngine
