@@ -146,6 +146,8 @@ def test_lru_cache_order_and_bound():
 
 
 def test_batched_decode_equals_one_at_a_time(engine, astronaut):
+    engine = SamEngine(engine.sam, cache_mb=64)
+    engine.decode_chunk = 64  # one decoder call per signature group, whatever the device
     emb = engine.embed(astronaut)
     first = engine.decode(emb, [Prompt(points=[[256, 179]], labels=[1])], frame="none")
     logits = first.low_res_logits[0, 0]

@@ -29,10 +29,11 @@ from .cache import CacheStats, LRUCache, image_key
 log = logging.getLogger(__name__)
 
 LOW_RES = IMAGE_SIZE // 4
-#: Prompts per mask-decoder call.  On a CPU the decoder is memory-bound: chunks above
-#: 4 prompts ran slower per prompt than single calls (2 cores, MobileSAM), while a GPU
-#: gains from large batches; the chunk also bounds one call's memory.
-DECODE_CHUNK = {"cpu": 4, "cuda": 64}
+#: Prompt sets per mask-decoder call, by device type.  On a CPU the decoder is
+#: memory-bound: per prompt, batches of 1/2/4/8/16 took 91/93/110/149/172 ms (MobileSAM,
+#: 2 cores, ``promptmoe bench engine``), so there each set gets its own call; a GPU gains
+#: from large batches.  The chunk also bounds one call's memory.
+DECODE_CHUNK = {"cpu": 1, "cuda": 64}
 #: Upsampled logits held at once when mapping masks to the image frame.
 UPSCALE_BYTES = 256 * 1024 * 1024
 
@@ -171,7 +172,7 @@ class SamEngine:
         self.sam = sam
         self.model = sam.model
         self.device = next(self.model.parameters()).device
-        self.decode_chunk = DECODE_CHUNK.get(self.device.type, 4)
+        self.decode_chunk = DECODE_CHUNK.get(self.device.type, 1)
         self.transform = ResizeLongestSide(IMAGE_SIZE)
         self.cache: LRUCache[ImageEmbedding] = LRUCache(cache_mb)
         self.disk_cache = Path(disk_cache) / sam.model_id if disk_cache else None
@@ -273,7 +274,8 @@ class SamEngine:
         """Decode many prompt sets against one embedding.
 
         Prompts with the same signature (number of points, box or not, mask or not) go
-        through the mask decoder together, so the result equals decoding each alone.
+        through the mask decoder together, ``decode_chunk`` at a time (see
+        :data:`DECODE_CHUNK`), so the result equals decoding each alone.
 
         Args:
             emb: the image's embedding.
