@@ -1,7 +1,8 @@
 """The ``promptmoe`` command line: algorithm commands (``ls_backend.cli`` adds ``serve``).
 
-Each subcommand is registered by a ``add_*`` function that adds its parser and sets
-``func``; the handler receives the parsed arguments and returns an exit code.
+Each subcommand is registered by an ``add_*`` function (see :func:`commands`) that adds
+its parser and sets ``func``; the handler receives the parsed arguments and returns an
+exit code.
 """
 
 from __future__ import annotations
@@ -101,14 +102,19 @@ def add_bench_engine(sub: Subparsers, bench: Subparsers) -> None:
     p.set_defaults(func=_run_bench_engine)
 
 
-from .eval.bench import add_bench as add_bench_eval  # noqa: E402  (bench click, bench refine)
-from .refine import add_refine  # noqa: E402
-from .router import add_train_router  # noqa: E402
-from .smartsam.cli import add_segment  # noqa: E402
+def commands() -> list[Callable[[Subparsers, Subparsers], None]]:
+    """Functions ``add(sub, bench)`` that register a command (``sub``) or a benchmark
+    (``bench``, the subcommands of ``promptmoe bench``).
 
-#: Functions ``add(sub, bench)`` that register a command (``sub``) or a benchmark
-#: (``bench``, the subcommands of ``promptmoe bench``).
-COMMANDS: list[Callable[[Subparsers, Subparsers], None]] = [add_demo, add_bench_engine, add_bench_eval, add_refine, add_train_router, add_segment]
+    Imported here, not at module level, because those modules use this module's
+    :func:`add_engine_options` and :func:`make_engine`.
+    """
+    from .eval.bench import add_bench as add_bench_eval
+    from .refine import add_refine
+    from .router import add_train_router
+    from .smartsam.cli import add_segment
+
+    return [add_demo, add_bench_engine, add_bench_eval, add_refine, add_train_router, add_segment]
 
 
 def build_parser(extra: Sequence[Callable[[Subparsers, Subparsers], None]] = ()) -> argparse.ArgumentParser:
@@ -117,7 +123,7 @@ def build_parser(extra: Sequence[Callable[[Subparsers, Subparsers], None]] = ())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     bench = sub.add_parser("bench", help="benchmarks that print figures (and write --json)")
     bench_sub = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
-    for add in [*COMMANDS, *extra]:
+    for add in [*commands(), *extra]:
         add(sub, bench_sub)
     return parser
 

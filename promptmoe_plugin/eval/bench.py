@@ -553,6 +553,6 @@ def add_bench_refine(sub, bench) -> None:
 
 
 def add_bench(sub, bench) -> None:
-    """Register both evaluation benchmarks (the entry in ``cli.COMMANDS``)."""
+    """Register both evaluation benchmarks (listed in ``cli.commands()``)."""
     add_bench_click(sub, bench)
     add_bench_refine(sub, bench)
