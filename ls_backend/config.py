@@ -29,6 +29,8 @@ _BACKEND_OPTIONS = (
      "PromptMoE refinement variant for brush drafts (default full)"),
     ("selector", "SMARTSAM_SELECTOR", "--selector",
      "SmartSAM candidate selector for first clicks: none, sam or dinov2 (default sam)"),
+    ("dinov2_model", "DINOV2_MODEL", "--dinov2-model",
+     "DINOv2 model for the dinov2 selector: a local folder or a hub id (default facebook/dinov2-base)"),
     ("max_references", "MAX_REFERENCES", "--max-references",
      "reference exemplars per label used by SmartSAM, newest first (default 8)"),
     ("local_files_root", "LOCAL_FILES_DOCUMENT_ROOT", "--local-files-root",
@@ -53,6 +55,7 @@ class Settings:
     basic_auth_pass: str | None = None
     refine_variant: str = "full"
     selector: str = "sam"
+    dinov2_model: str | None = None
     max_references: int = 8
     local_files_root: Path | None = None
     allowed_hosts: tuple[str, ...] = ()

@@ -130,7 +130,7 @@ class PromptMoEModel:
         self.settings = settings
         self.fetcher = ImageFetcher(settings)
         self.store = ReferenceStore(settings.model_dir)
-        self.selector = make_selector(settings.selector, engine)
+        self.selector = make_selector(settings.selector, engine, settings.dinov2_model)
         self._shape: tuple[int, ...] | None = None
         self._tracks = _Tracks(SESSION_CACHE_MB)
         self._router_lock = threading.Lock()

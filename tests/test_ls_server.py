@@ -280,3 +280,18 @@ def test_click_tracks_stay_within_their_byte_bound():
     assert tracks.pop(("img", "1", "Person", (0,))) is None  # least recently used, dropped
     assert tracks.pop(("img", "1", "Person", (2,))) is not None
     assert tracks.pop(("img", "1", "Person", (2,))) is None  # popped while a request advances it
+
+
+def test_dinov2_selector_loads_the_configured_local_model(engine, tmp_path, monkeypatch):
+    from transformers import Dinov2Config, Dinov2Model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = tmp_path / "dinov2"
+    cfg = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                       image_size=56, patch_size=14)
+    Dinov2Model(cfg).save_pretrained(path)
+    settings = Settings.from_env(
+        {"SMARTSAM_SELECTOR": "dinov2", "DINOV2_MODEL": str(path), "MODEL_DIR": str(tmp_path / "m")}
+    )
+    model = PromptMoEModel(engine, settings)
+    assert model.selector.name == "dinov2" and model.selector.model_id == str(path)
