@@ -22,6 +22,7 @@ import pytest
 import requests
 from PIL import Image
 
+from conftest import LS_CONFIG as CONFIG
 from ls_backend import rle
 from ls_backend.references import ReferenceStore
 
@@ -30,12 +31,6 @@ pytestmark = pytest.mark.labelstudio
 REPO = Path(__file__).resolve().parents[1]
 LS_VERSION = "1.23.2"
 TOKEN = "0123456789abcdef0123456789abcdef01234567"
-CONFIG = """<View>
-  <Image name="image" value="$image"/>
-  <BrushLabels name="brush" toName="image"><Label value="Person"/><Label value="Table"/></BrushLabels>
-  <KeyPointLabels name="kp" toName="image" smart="true"><Label value="Person"/><Label value="Table"/></KeyPointLabels>
-  <RectangleLabels name="rect" toName="image" smart="true"><Label value="Person"/><Label value="Table"/></RectangleLabels>
-</View>"""
 IMAGE = "/data/local-files/?d=imgs/voc.png"
 
 

@@ -9,17 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import LS_CONFIG as CONFIG
 from ls_backend import rle
 from ls_backend.config import Settings
 from ls_backend.model import PromptMoEModel
 from ls_backend.server import create_app
 
-CONFIG = """<View>
-  <Image name="image" value="$image"/>
-  <BrushLabels name="brush" toName="image"><Label value="Person"/><Label value="Table"/></BrushLabels>
-  <KeyPointLabels name="kp" toName="image" smart="true"><Label value="Person"/><Label value="Table"/></KeyPointLabels>
-  <RectangleLabels name="rect" toName="image" smart="true"><Label value="Person"/><Label value="Table"/></RectangleLabels>
-</View>"""
 IMAGE = "/data/local-files/?d=voc.png"
 
 

@@ -11,6 +11,8 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
+from conftest import data_dir
+from promptmoe_plugin.images import load_image
 from promptmoe_plugin.sam import (
     CheckpointError,
     LRUCache,
@@ -88,10 +90,7 @@ def test_box_prompt_segments_voc_objects(engine, voc):
 
 
 def test_grabcut_clicks_and_boxes(engine):
-    from conftest import data_dir
-
     folder = data_dir("GrabCut")
-    from promptmoe_plugin.images import load_image, load_mask
 
     click_ious, box_ious = [], []
     for path in sorted((folder / "data_GT").iterdir())[:8]:
