@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -17,6 +18,14 @@ LS_CONFIG = """<View>
   <KeyPointLabels name="kp" toName="image" smart="true"><Label value="Person"/><Label value="Table"/></KeyPointLabels>
   <RectangleLabels name="rect" toName="image" smart="true"><Label value="Person"/><Label value="Table"/></RectangleLabels>
 </View>"""
+
+
+def blocky_draft(mask: np.ndarray) -> np.ndarray:
+    """A blocky draft of ``(H, W) bool`` ``mask``: every 16th pixel, nearest-upsampled."""
+    up = np.kron(mask[::16, ::16], np.ones((16, 16), bool))[: mask.shape[0], : mask.shape[1]]
+    out = np.zeros_like(mask)
+    out[: up.shape[0], : up.shape[1]] = up
+    return out
 
 
 def data_dir(name: str) -> Path:

@@ -23,8 +23,10 @@ import requests
 from PIL import Image
 
 from conftest import LS_CONFIG as CONFIG
+from conftest import blocky_draft as _coarse
 from ls_backend import rle
 from ls_backend.references import ReferenceStore
+from promptmoe_plugin.eval.metrics import iou
 
 pytestmark = pytest.mark.labelstudio
 
@@ -166,18 +168,6 @@ def project(label_studio, backend, files):
                                              "actions": ["ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"]})
     assert r.status_code == 201, r.text
     return {"id": pid, "ml": ml, "tasks": ids}
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / max((a | b).sum(), 1))
-
-
-def _coarse(mask: np.ndarray) -> np.ndarray:
-    small = mask[::16, ::16]
-    up = np.kron(small, np.ones((16, 16), bool))[: mask.shape[0], : mask.shape[1]]
-    out = np.zeros_like(mask)
-    out[: up.shape[0], : up.shape[1]] = up
-    return out
 
 
 def _brush(mask: np.ndarray, label: str) -> dict:

@@ -10,16 +10,14 @@ import pytest
 from PIL import Image
 
 from conftest import LS_CONFIG as CONFIG
+from conftest import blocky_draft as _coarse
 from ls_backend import rle
 from ls_backend.config import Settings
 from ls_backend.model import PromptMoEModel
 from ls_backend.server import create_app
+from promptmoe_plugin.eval.metrics import iou
 
 IMAGE = "/data/local-files/?d=voc.png"
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / max((a | b).sum(), 1))
 
 
 @pytest.fixture(scope="module")
@@ -66,15 +64,6 @@ def _masks(prediction: dict) -> list[tuple[str, np.ndarray]]:
         assert r["type"] == "brushlabels" and r["from_name"] == "brush" and r["to_name"] == "image"
         h, w = r["original_height"], r["original_width"]
         out.append((r["value"]["brushlabels"][0], rle.decode(r["value"]["rle"], h, w)))
-    return out
-
-
-def _coarse(mask: np.ndarray) -> np.ndarray:
-    """A blocky draft: the mask at 1/16 resolution, nearest-upsampled."""
-    small = mask[::16, ::16]
-    up = np.kron(small, np.ones((16, 16), bool))[: mask.shape[0], : mask.shape[1]]
-    out = np.zeros_like(mask)
-    out[: up.shape[0], : up.shape[1]] = up
     return out
 
 

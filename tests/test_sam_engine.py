@@ -12,6 +12,7 @@ from PIL import Image
 from scipy import ndimage
 
 from conftest import data_dir
+from promptmoe_plugin.eval.metrics import iou
 from promptmoe_plugin.images import load_image
 from promptmoe_plugin.sam import (
     CheckpointError,
@@ -23,10 +24,6 @@ from promptmoe_plugin.sam import (
     detect_model_type,
     load_sam,
 )
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / max(1, (a | b).sum()))
 
 
 @pytest.fixture(scope="module")

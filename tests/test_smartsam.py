@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 from PIL import Image
 
 from conftest import data_dir
+from promptmoe_plugin.eval.metrics import iou
 from promptmoe_plugin.smartsam import SmartSamSession, make_selector
 from promptmoe_plugin.smartsam.selectors import SelectorError
 
 #: A small agent so that each session costs a handful of decodes.
 SMALL = dict(n_points=2, n_boxes=1, n_chains=2, chain_steps=2)
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / max(1, (a | b).sum()))
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +35,11 @@ def test_chain_reaches_the_whole_from_the_part(engine, figure):
     s.click(128, 70)
     pool = s.candidates
     first = int(np.argmax(s.pool.iou[:3]))
-    assert _iou(pool[first], head) > 0.9  # SAM alone picks the part
+    assert iou(pool[first], head) > 0.9  # SAM alone picks the part
     chain = np.flatnonzero(s.pool.chain == 0)
-    assert len(chain) >= 1 and max(_iou(pool[i], whole) for i in chain) > 0.9
+    assert len(chain) >= 1 and max(iou(pool[i], whole) for i in chain) > 0.9
     # pure mode (contains the click, highest predicted IoU) then returns the whole
-    assert _iou(s.mask, whole) > 0.9
+    assert iou(s.mask, whole) > 0.9
     assert set(s.timings) == {"sampler", "chains", "selector", "total"}
 
 
@@ -139,7 +134,7 @@ def test_reference_features_can_be_passed_precomputed(engine):
     b = SmartSamSession(engine, img, selector="sam", reference_features=[feats], **SMALL)
     np.testing.assert_array_equal(a.references, b.references)
     np.testing.assert_array_equal(a.click(220, 100), b.click(220, 100))
-    assert _iou(a.mask, red) > 0.9
+    assert iou(a.mask, red) > 0.9
 
 
 def test_segment_cli(engine, tmp_path, capsys):
@@ -154,7 +149,7 @@ def test_segment_cli(engine, tmp_path, capsys):
             "--overlay", str(overlay)]
     assert main(argv) == 0
     mask = np.asarray(Image.open(out)) > 0
-    assert _iou(mask, a) > 0.9 and Image.open(overlay).size == (300, 200)
+    assert iou(mask, a) > 0.9 and Image.open(overlay).size == (300, 200)
     assert "candidates" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["segment", "--image", str(tmp_path / "img.png"), "--click", "80;100", "-o", str(out)])

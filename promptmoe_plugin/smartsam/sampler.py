@@ -8,7 +8,6 @@ aspect ratio of 0.67, 1 or 1.5 and a long side drawn from the paper's 200-800 px
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -16,20 +15,6 @@ import numpy as np
 ASPECTS = (0.67, 1.0, 1.5)
 #: Box long side as a fraction of the image's long side (the paper's 200-800 px of 1024).
 BOX_SIDE = (200 / 1024, 800 / 1024)
-
-
-@dataclass(frozen=True)
-class SamplerConfig:
-    """Attributes:
-    n_points: sampled points (paper: 6).
-    n_boxes: sampled boxes (paper: 3).
-    beta: scale of the Gamma(2, 1) distance as a fraction of the image's long side
-        (the paper's peak at 100 px of 1024 is about 0.1).
-    """
-
-    n_points: int = 6
-    n_boxes: int = 3
-    beta: float = 0.1
 
 
 def sample_points(

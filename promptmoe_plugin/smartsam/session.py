@@ -27,7 +27,7 @@ from ..clicks import SamClickSession
 from ..sam import ImageEmbedding, Prompt, SamEngine
 from .chains import next_click
 from .frames import crop_logits, lowres_to_image, pixel_of
-from .sampler import SamplerConfig, sample_boxes, sample_points
+from .sampler import sample_boxes, sample_points
 from .selectors import Selector, make_selector, similarity
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,9 @@ class SmartSamConfig:
     decodes; the chain steps from the click's own candidates give most of the gain.
 
     Attributes:
-        n_points, n_boxes, beta: the prior initial sampler (:class:`SamplerConfig`).
+        n_points, n_boxes, beta: the prior initial sampler: sampled points (paper: 6),
+            boxes (paper: 3), and the Gamma(2, 1) distance scale as a fraction of the
+            image's long side (the paper's peak at 100 px of 1024 is about 0.1).
         n_chains: chains started from the best candidates containing the click (by
             predicted IoU, after merging near-duplicates).
         chain_steps: agent clicks per chain.
