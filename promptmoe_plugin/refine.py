@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .cli import add_engine_options, make_engine, write_json
 from .baselines import dualsight_prompt, sam_box_prompt, samrefiner_points
 from .experts import CHEAP_EXPERTS, EXPERTS, ExpertInput, available_experts, depth_estimator, expert_maps
 from .experts.geometry import to_working
@@ -241,7 +242,6 @@ def refine(
 
 
 def _run_refine(args: argparse.Namespace) -> int:
-    from .cli import make_engine
     from .images import load_image, load_mask, save_mask
 
     image = load_image(args.image)
@@ -266,8 +266,6 @@ def _run_refine(args: argparse.Namespace) -> int:
 
 
 def add_refine(sub, bench) -> None:
-    from .cli import add_engine_options
-
     p = sub.add_parser("refine", help="refine a coarse mask (PromptMoE or a baseline) and write the result PNG")
     p.add_argument("--image", required=True, help="image file")
     p.add_argument("--mask", required=True, help="coarse mask image (non-zero = object), same size as the image")
@@ -316,8 +314,6 @@ def stage_timings(
 
 
 def _run_stage_bench(args: argparse.Namespace) -> int:
-    from .cli import make_engine, write_json
-
     result = stage_timings(make_engine(args), args.data, args.variant, args.limit, args.scale)
     labels = list(result)
     stages = [s for s in (*NON_SAM_STAGES, "non_sam_total", "decode", "encode") if s in result[labels[0]]]
@@ -331,8 +327,6 @@ def _run_stage_bench(args: argparse.Namespace) -> int:
 
 
 def add_bench_stages(sub, bench) -> None:
-    from .cli import add_engine_options
-
     p = bench.add_parser("refine-stages", help="refinement stage timings at the original size and upscaled")
     p.add_argument("--data", action="append", required=True, metavar="DIR", help="dataset folder; repeat for several")
     p.add_argument("--variant", default="lite", choices=[v for v in VARIANTS if v != "unrefined"])

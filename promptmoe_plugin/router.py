@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .cli import add_engine_options, make_engine, write_json
 from .experts import CHEAP_EXPERTS, EXPERTS, ExpertInput, available_experts, depth_estimator, expert_maps
 from .experts.geometry import to_image_frame, to_working
 from .fusion import fuse
@@ -386,8 +387,6 @@ def _split_by_image(examples: Sequence[Example], holdout: float, seed: int) -> t
 
 
 def train_router(args: argparse.Namespace) -> int:
-    from .cli import make_engine, write_json
-
     rng = np.random.default_rng(args.seed)
     cache = Path(args.examples) if args.examples else None
     if cache and cache.with_suffix(".train.npz").is_file():
@@ -439,8 +438,6 @@ def train_router(args: argparse.Namespace) -> int:
 
 
 def add_train_router(sub, bench) -> None:
-    from .cli import add_engine_options
-
     p = sub.add_parser("train-router", help="train the PromptMoE expert selector from image/GT folders")
     p.add_argument("--data", nargs="+", required=True, help="dataset folders (image + GT) for training; a share is held out by image")
     p.add_argument("--holdout-data", nargs="*", default=[], help="dataset folders used only for held-out evaluation")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from ..cli import add_engine_options, make_engine, write_json
 from .clicker import MAX_CLICKS, MIOU_AT, THRESHOLDS, simulate, summarize_runs
 from .coarse import KINDS, make_coarse, sample_seed
 from .datasets import Sample, dataset_name, load_dataset
@@ -181,8 +182,6 @@ def click_tables(result: dict[str, Any], markdown: bool = False) -> str:
 
 
 def _run_click(args: argparse.Namespace) -> int:
-    from ..cli import make_engine, write_json
-
     result, extremes = run_click_bench(
         make_engine(args),
         args.data,
@@ -467,8 +466,6 @@ def refine_tables(result: dict[str, Any], markdown: bool = False) -> str:
 
 
 def _run_refine(args: argparse.Namespace) -> int:
-    from ..cli import make_engine, write_json
-
     result, extremes = run_refine_bench(
         make_engine(args),
         args.data,
@@ -523,7 +520,6 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def add_bench_click(sub, bench) -> None:
     """Register ``promptmoe bench click``."""
-    from ..cli import add_engine_options
     from .methods import CLICK_METHODS
 
     p = bench.add_parser("click", help="simulated clicks (NoC, mIoU@1) for click methods")
@@ -537,8 +533,6 @@ def add_bench_click(sub, bench) -> None:
 
 def add_bench_refine(sub, bench) -> None:
     """Register ``promptmoe bench refine``."""
-    from ..cli import add_engine_options
-
     p = bench.add_parser("refine", help="refine generated coarse masks (delta IoU / BIoU, time)")
     p.add_argument("--methods", default="full,lite,samrefiner,unrefined", help="comma-separated refine variants (default full,lite,samrefiner,unrefined)")
     p.add_argument("--coarse", default=",".join(KINDS), help=f"coarse-mask kinds (default {','.join(KINDS)})")

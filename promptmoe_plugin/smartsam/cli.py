@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..cli import add_engine_options, make_engine
+
 log = logging.getLogger(__name__)
 
 
@@ -35,7 +37,6 @@ def parse_reference(text: str) -> tuple[str, str]:
 
 
 def run_segment(args: argparse.Namespace) -> int:
-    from ..cli import make_engine
     from ..images import load_image, load_mask, save_mask
     from ..overlay import draw_overlay
     from .session import SmartSamSession
@@ -74,7 +75,6 @@ def run_segment(args: argparse.Namespace) -> int:
 
 
 def add_segment(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
-    from ..cli import add_engine_options
     from .selectors import SELECTORS
 
     p = sub.add_parser("segment", help="segment the clicked object with SmartSAM and write the mask PNG")
