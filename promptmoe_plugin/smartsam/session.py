@@ -28,7 +28,7 @@ from ..sam import ImageEmbedding, Prompt, SamEngine
 from .chains import next_click
 from .frames import crop_logits, lowres_to_image, pixel_of
 from .sampler import sample_boxes, sample_points
-from .selectors import Selector, make_selector, similarity
+from .selectors import Selector, make_selector, matmul, similarity
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def _duplicates(masks: np.ndarray, iou: np.ndarray, threshold: float) -> np.ndar
     """``(N,) bool`` candidates to drop: each one overlapping a better-scored kept one by
     IoU > ``threshold``.  ``masks`` ``(N, lh, lw) bool`` low-res, ``iou`` ``(N,)``."""
     flat = masks.reshape(len(masks), -1).astype(np.float32)
-    inter = flat @ flat.T
+    inter = matmul(flat, flat.T)
     area = np.diag(inter)
     overlap = inter / np.maximum(area[:, None] + area[None, :] - inter, 1)
     drop = np.zeros(len(masks), bool)
@@ -269,10 +269,13 @@ class SmartSamSession:
         return (self.pool.logits[:, row, col] > 0) & (area > 0) & (area <= self.config.max_area)
 
     def _starts(self, row: int, col: int) -> list[int]:
-        """Chain starts: the best distinct candidates that contain the click."""
+        """Chain starts: the best distinct candidates that contain the click, ranked by the
+        selection score (:meth:`_scores`), so with references the chains refine the
+        candidates most like them."""
         masks = crop_logits(self.emb, self.pool.logits) > 0
         keep = self._eligible(masks, row, col) & ~_duplicates(masks, self.pool.iou, self.config.duplicate_iou)
-        order = [int(i) for i in np.argsort(-self.pool.iou, kind="stable") if keep[i]]
+        score = self._scores(masks, keep)
+        order = [int(i) for i in np.argsort(-score, kind="stable") if keep[i]]
         return order[: self.config.n_chains]
 
     def _run_chains(self, click: np.ndarray, row: int, col: int, rngs: list[np.random.Generator]) -> None:
@@ -307,16 +310,14 @@ class SmartSamSession:
                 chain[3], chain[4] = logits, float(iou)
             chains = active
 
-    def _select(self, row: int, col: int) -> int:
-        """Index of the chosen candidate: eligible (:meth:`_eligible`), then the best score
-        (predicted IoU, plus reference similarity when there are references)."""
-        masks = crop_logits(self.emb, self.pool.logits) > 0
-        ok = self._eligible(masks, row, col)
-        if not ok.any():  # nothing plausible holds the click: fall back to any non-empty one
-            ok = masks.any(axis=(1, 2)) if masks.any() else np.ones(len(self.pool), bool)
-        score = self.pool.iou.astype(np.float64).copy()
-        if len(self.references) and self.selector.name != "none":
-            idx = np.flatnonzero(ok)
+    def _scores(self, masks: np.ndarray, ok: np.ndarray) -> np.ndarray:
+        """``(N,) float64`` selection score of the candidates flagged by ``ok`` ``(N,)
+        bool`` (-inf elsewhere): SAM's predicted IoU, plus the similarity to the
+        references when there are some.  ``masks`` ``(N, lh, lw) bool``."""
+        score = np.full(len(self.pool), -np.inf)
+        idx = np.flatnonzero(ok)
+        score[idx] = self.pool.iou[idx]
+        if len(idx) and len(self.references) and self.selector.name != "none":
             feats = self.selector.candidate_features(self.emb, masks[idx].astype(np.float32))
             if feats.shape[1] != self.references.shape[1]:
                 raise ValueError(
@@ -325,5 +326,13 @@ class SmartSamSession:
                 )
             sim = similarity(feats, self.references, self.config.reduce)
             score[idx] = sim + self.config.iou_weight * self.pool.iou[idx]
-        score[~ok] = -np.inf
-        return int(np.argmax(score))
+        return score
+
+    def _select(self, row: int, col: int) -> int:
+        """Index of the chosen candidate: eligible (:meth:`_eligible`), then the best
+        :meth:`_scores`."""
+        masks = crop_logits(self.emb, self.pool.logits) > 0
+        ok = self._eligible(masks, row, col)
+        if not ok.any():  # nothing plausible holds the click: fall back to any non-empty one
+            ok = masks.any(axis=(1, 2)) if masks.any() else np.ones(len(self.pool), bool)
+        return int(np.argmax(self._scores(masks, ok)))
