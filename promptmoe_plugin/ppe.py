@@ -32,6 +32,7 @@ def place_points(
     lam: float = 0.05,
     radius: float | None = None,
     floor: float = 0.0,
+    first: np.ndarray | None = None,
 ) -> np.ndarray:
     """PPE: up to ``k`` positive points at saliency peaks, spread by an adaptive radius.
 
@@ -47,10 +48,12 @@ def place_points(
         radius: a fixed suppression radius in pixels instead of the adaptive one.
         floor: only pixels whose saliency reaches ``floor`` times the best in the mask are
             eligible (0: all mask pixels).
+        first: ``(m, 2)`` (x, y) mask pixels placed before the saliency peaks (they count
+            towards ``k`` and suppress their disks like the others).
 
     Returns:
         ``(n, 2) float64`` (x, y) points inside the mask, ``1 <= n <= k`` (0 when the
-        mask has no salient pixel).
+        mask has no salient pixel and no ``first`` point).
     """
     if k < 1 or not 0 <= lam < 1:
         raise ValueError(f"need k >= 1 and 0 <= lam < 1, got k={k}, lam={lam}")
@@ -62,12 +65,16 @@ def place_points(
     sy, sx = ys[::step].astype(np.float32), xs[::step].astype(np.float32)
     nearest = max(1, math.ceil(len(sy) * lam))
     h, w = mask.shape
+    queue = [] if first is None else [(int(x), int(y)) for x, y in np.asarray(first)]
     points = []
     for _ in range(k):
-        idx = int(np.argmax(avail))
-        if avail.flat[idx] <= 0:
-            break
-        py, px = divmod(idx, w)
+        if queue:
+            px, py = queue.pop(0)
+        else:
+            idx = int(np.argmax(avail))
+            if avail.flat[idx] <= 0:
+                break
+            py, px = divmod(idx, w)
         points.append((px, py))
         if radius is not None:
             rad = float(radius)
@@ -80,7 +87,7 @@ def place_points(
         y0, y1, x0, x1 = max(0, py - r), min(h, py + r + 1), max(0, px - r), min(w, px + r + 1)
         gy, gx = np.ogrid[y0:y1, x0:x1]
         avail[y0:y1, x0:x1][(gx - px) ** 2 + (gy - py) ** 2 <= rad * rad] = 0
-        avail.flat[idx] = 0
+        avail[py, px] = 0
     return np.array(points, np.float64).reshape(-1, 2)
 
 
@@ -104,7 +111,9 @@ def _to_low_res(plane: np.ndarray, pad_value: float) -> np.ndarray:
     return cv2.resize(padded, (LOW_RES, LOW_RES), interpolation=cv2.INTER_LINEAR)
 
 
-def gaussian_mask_prompt(mask: np.ndarray, gamma: float = GAMMA, strength: float = STRENGTH) -> np.ndarray:
+def gaussian_mask_prompt(
+    mask: np.ndarray, gamma: float = GAMMA, strength: float = STRENGTH, scale: np.ndarray | None = None
+) -> np.ndarray:
     """SAMRefiner's soft mask prompt, ``(256, 256) float32`` logits in SAM's low-res frame.
 
     Inside the mask ``strength * exp(-(d - d_max)^2 / (|mask| / gamma))`` with ``d`` the
@@ -116,6 +125,8 @@ def gaussian_mask_prompt(mask: np.ndarray, gamma: float = GAMMA, strength: float
 
     Args:
         mask: ``(h, w) bool`` non-empty, working frame (long side 1024).
+        scale: optional ``(h, w) float32`` in (0, 1], same frame, multiplying the Gaussian
+            inside the mask (PromptMoE's saliency-shaped prompt); None: SAMRefiner's.
     """
     if mask.shape[0] > PAD_SIDE or mask.shape[1] > PAD_SIDE:
         raise ValueError(f"mask must be in the working frame (long side 1024), got {mask.shape}")
@@ -124,6 +135,8 @@ def gaussian_mask_prompt(mask: np.ndarray, gamma: float = GAMMA, strength: float
     if area == 0:
         raise ValueError("mask prompt of an empty mask")
     g = np.where(mask, np.exp(-((dist - dist.max()) ** 2) / (area / gamma)), 0).astype(np.float32)
+    if scale is not None:
+        g *= scale
     sign = _to_low_res(np.where(mask, 1.0, -1.0).astype(np.float32), -1.0)
     g_low = _to_low_res(g, 0.0)
     g_low[g_low <= 0] = 1.0
@@ -136,9 +149,11 @@ def refinement_prompt(
     positives: np.ndarray,
     gamma: float = GAMMA,
     strength: float = STRENGTH,
+    scale: np.ndarray | None = None,
 ) -> Prompt:
     """The full refinement prompt: positives, the negative point, the tight box and the
-    Gaussian mask prompt of the working-frame ``(h, w) bool`` mask.
+    Gaussian mask prompt (shaped by ``scale``, see :func:`gaussian_mask_prompt`) of the
+    working-frame ``(h, w) bool`` mask.
 
     ``positives`` ``(n, 2)`` (x, y) working frame; the returned prompt is in image pixels
     (the engine maps it to SAM's frame once).
@@ -152,5 +167,5 @@ def refinement_prompt(
         points=to_image_frame(emb, points) if len(points) else None,
         labels=labels if len(points) else None,
         box=to_image_frame(emb, tight_box(mask)),
-        mask_logits=gaussian_mask_prompt(mask, gamma, strength),
+        mask_logits=gaussian_mask_prompt(mask, gamma, strength, scale),
     )

@@ -33,11 +33,18 @@ log = logging.getLogger(__name__)
 
 VARIANTS = ("full", "lite", "dense", "samrefiner", "dualsight", "sam-box", "unrefined")
 
-#: Defaults of the options ``refine`` accepts (the paper's PPE settings k=5, lambda=0.05, gamma=4, strength=30).
+#: Defaults of the options ``refine`` accepts.  The paper's PPE settings are k=5,
+#: lambda=0.05, gamma=4, strength=30 with a plain Gaussian mask prompt (k=5, prompt_mix=1,
+#: agreement_power=0, anchor=False here); with MobileSAM every extra positive point cost
+#: accuracy, and the two image-informed mask-prompt settings below gained it (README,
+#: "Refinement").
 DEFAULTS: dict[str, Any] = {
-    "k": 5,  # PPE positives
+    "k": 1,  # PPE positives
     "lam": 0.05,  # PPE suppressed share of the mask per point
     "floor": 0.0,  # PPE: eligible pixels have saliency >= floor * max
+    "anchor": True,  # PPE: first positive at the mask's interior distance peak, then saliency peaks
+    "prompt_mix": 0.5,  # mask-prompt Gaussian times (prompt_mix + (1 - prompt_mix) * saliency); 1: SAMRefiner's
+    "agreement_power": 2.0,  # mask-prompt strength times IoU(SAM's box answer, coarse) ** agreement_power; 0: off
     "iterations": 3,  # prompt -> decode rounds (full, lite, dense, samrefiner); SAMRefiner uses 5, 3 saves CPU time
     "gamma": GAMMA,
     "strength": STRENGTH,
@@ -101,16 +108,18 @@ def _iterate(
     gamma: float,
     strength: float,
     clock: _Clock,
+    scale: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float, Prompt] | None:
     """Prompt, decode, take the most confident mask, repeat from it.
 
     ``mask`` ``(h, w) bool`` working frame; ``positives(mask) -> (n, 2)`` working-frame
-    points.  Returns the last ``(256, 256)`` logits, their predicted IoU and prompt, or
-    None when the first decode came back empty.
+    points; ``scale`` the mask prompt's shape (:func:`~.ppe.gaussian_mask_prompt`).
+    Returns the last ``(256, 256)`` logits, their predicted IoU and prompt, or None when
+    the first decode came back empty.
     """
     result = None
     for _ in range(max(1, iterations)):
-        prompt = refinement_prompt(emb, mask, positives(mask), gamma, strength)
+        prompt = refinement_prompt(emb, mask, positives(mask), gamma, strength, scale)
         clock.lap("prompts")
         out = engine.decode(emb, [prompt], multimask=True, frame="none")
         i = int(out.best()[0])
@@ -138,6 +147,15 @@ def _decode_pick(engine, emb, prompt: Prompt, clock: _Clock, reference: np.ndarr
         i = int(np.argmax(inter / union))
         clock.lap("upscale")
     return out.low_res_logits[0, i], float(out.iou[0, i])
+
+
+def _agreement(engine: SamEngine, emb: ImageEmbedding, m0: np.ndarray, clock: _Clock) -> float:
+    """IoU in [0, 1] of SAM's answer to the tight box of ``m0`` ``(h, w) bool`` (working
+    frame) with ``m0`` itself: low when the image disagrees with the coarse mask."""
+    logits, _ = _decode_pick(engine, emb, sam_box_prompt(emb, m0), clock)
+    answer = engine.upscale(emb, logits[None], "working")[0] > 0
+    clock.lap("upscale")
+    return float((answer & m0).sum() / max(1, (answer | m0).sum()))
 
 
 def _router(value) -> Router:
@@ -223,9 +241,18 @@ def refine(
             k, lam, floor = opt["k"], opt["lam"], opt["floor"]
 
             def place(mask: np.ndarray) -> np.ndarray:
-                return place_points(saliency, mask, k, lam, floor=floor)
+                first = samrefiner_points(mask) if opt["anchor"] else None
+                return place_points(saliency, mask, k, lam, floor=floor, first=first)
 
-        result = _iterate(engine, emb, m0, place, opt["iterations"], opt["gamma"], opt["strength"], clock)
+        strength, scale = opt["strength"], None
+        if variant != "samrefiner":
+            # PromptMoE's mask prompt: weaker where the experts see little object, and
+            # overall when SAM's own reading of the box disagrees with the coarse mask.
+            if opt["prompt_mix"] < 1:
+                scale = opt["prompt_mix"] + (1 - opt["prompt_mix"]) * saliency
+            if opt["agreement_power"]:
+                strength *= _agreement(engine, emb, m0, clock) ** opt["agreement_power"]
+        result = _iterate(engine, emb, m0, place, opt["iterations"], opt["gamma"], strength, clock, scale)
         if result is None:
             log.warning("refinement produced an empty mask; returning the coarse mask")
             return Refinement(coarse.copy(), 0.0, clock.timings, experts=weights)

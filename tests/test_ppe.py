@@ -84,6 +84,20 @@ def test_gaussian_mask_prompt_frame_and_values():
         gaussian_mask_prompt(np.zeros((2048, 100), bool))
 
 
+def test_mask_prompt_scale_shapes_the_inside_only():
+    h, w = 512, 1024
+    yy, xx = np.mgrid[:h, :w]
+    mask = (yy - 256) ** 2 + (xx - 300) ** 2 <= 100**2
+    plain = gaussian_mask_prompt(mask)
+    assert np.array_equal(gaussian_mask_prompt(mask, scale=np.ones((h, w), np.float32)), plain)
+    scale = np.where(xx < 300, 0.5, 1.0).astype(np.float32)  # the left half half as sure
+    shaped = gaussian_mask_prompt(mask, scale=scale)
+    assert shaped[64, 60] == pytest.approx(0.5 * plain[64, 60], rel=0.02)
+    assert shaped[64, 90] == pytest.approx(plain[64, 90], rel=1e-6)
+    outside = plain < 0
+    assert np.array_equal(shaped[outside], plain[outside])  # the background stays -strength
+
+
 def test_refinement_prompt_maps_to_image_pixels(engine, voc):
     emb = engine.embed(voc["rgb"])
     gt = voc["masks"][np.argmax(voc["masks"].sum(axis=(1, 2)))]
