@@ -120,3 +120,15 @@ def test_floor_keeps_points_among_confident_pixels():
     pts = place_points(sal, mask, k=5, lam=0.02, floor=0.6).astype(int)
     assert len(pts) >= 1
     assert (sal[pts[:, 1], pts[:, 0]] >= 0.6 * sal.max()).all()
+
+
+def test_first_points_come_before_the_saliency_peaks_and_suppress_their_disk():
+    mask = blob()
+    sal = edge_distance(mask)
+    anchor = np.array([[140, 60]])  # on the thin bar, far from the disk's saliency peak
+    pts = place_points(sal, mask, k=3, radius=15, first=anchor)
+    assert len(pts) == 3
+    assert tuple(pts[0]) == (140, 60)
+    assert (np.hypot(pts[1:, 0] - 140, pts[1:, 1] - 60) > 15).all()
+    masked = np.where(mask, sal, 0)
+    assert masked[int(pts[1, 1]), int(pts[1, 0])] == masked.max()  # then the saliency peak
