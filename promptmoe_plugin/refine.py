@@ -45,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "anchor": True,  # PPE: first positive at the mask's interior distance peak, then saliency peaks
     "prompt_mix": 0.5,  # mask-prompt Gaussian times (prompt_mix + (1 - prompt_mix) * saliency); 1: SAMRefiner's
     "agreement_power": 2.0,  # mask-prompt strength times IoU(SAM's box answer, coarse) ** agreement_power; 0: off
+    "box_gate": 0.6,  # return SAM's box answer when its IoU with the coarse mask exceeds this; None: off
     "iterations": 3,  # prompt -> decode rounds (full, lite, dense, samrefiner); SAMRefiner uses 5, 3 saves CPU time
     "gamma": GAMMA,
     "strength": STRENGTH,
@@ -149,17 +150,51 @@ def _decode_pick(engine, emb, prompt: Prompt, clock: _Clock, reference: np.ndarr
     return out.low_res_logits[0, i], float(out.iou[0, i])
 
 
-def _agreement(engine: SamEngine, emb: ImageEmbedding, m0: np.ndarray, clock: _Clock) -> float:
-    """IoU in [0, 1] of SAM's answer to the tight box of ``m0`` ``(h, w) bool`` (working
-    frame) with ``m0`` itself: low when the image disagrees with the coarse mask."""
-    logits, _ = _decode_pick(engine, emb, sam_box_prompt(emb, m0), clock)
+def _agreement(
+    engine: SamEngine, emb: ImageEmbedding, m0: np.ndarray, clock: _Clock
+) -> tuple[float, np.ndarray, float, Prompt]:
+    """SAM's answer to the tight box of ``m0`` ``(h, w) bool`` (working frame) and how well
+    it agrees with ``m0``.
+
+    Returns ``(agreement, logits, score, prompt)``: the IoU in [0, 1] of the answer with
+    ``m0`` (low when the image disagrees with the coarse mask), the answer's ``(256, 256)``
+    logits, its predicted IoU, and the box prompt.
+    """
+    prompt = sam_box_prompt(emb, m0)
+    clock.lap("prompts")
+    logits, score = _decode_pick(engine, emb, prompt, clock)
     answer = engine.upscale(emb, logits[None], "working")[0] > 0
     clock.lap("upscale")
-    return float((answer & m0).sum() / max(1, (answer | m0).sum()))
+    return float((answer & m0).sum() / max(1, (answer | m0).sum())), logits, score, prompt
 
 
 def _router(value) -> Router:
     return value if isinstance(value, Router) else load_router(value)
+
+
+def _expert_saliency(
+    engine: SamEngine, emb: ImageEmbedding, m0: np.ndarray, variant: str, opt: dict[str, Any], clock: _Clock
+) -> tuple[dict[str, float], np.ndarray]:
+    """The experts a PromptMoE variant uses, with their weights, and their fused
+    saliency ``(h, w) float32`` in [0, 1], working frame (``m0`` ``(h, w) bool`` likewise)."""
+    depth = depth_estimator(opt["depth_model"])
+    names = available_experts(depth, CHEAP_EXPERTS if variant == "lite" else EXPERTS)
+    if opt["experts"]:
+        fixed = opt["experts"].split(",") if isinstance(opt["experts"], str) else list(opt["experts"])
+        missing = set(fixed) - set(names)
+        if missing:
+            raise ValueError(f"experts {sorted(missing)} are not available for {variant}; available: {', '.join(names)}")
+        weights = {n: 1.0 for n in fixed}
+    elif variant == "dense":
+        weights = {n: 1.0 for n in names}
+    else:
+        weights = _router(opt["router"]).select(context_features(emb, m0), names, opt["budget"])
+    clock.lap("router")
+    maps = expert_maps(list(weights), ExpertInput(engine, emb, m0, depth, opt["grid"]))
+    clock.lap("experts")
+    saliency = fuse(list(maps.values()), list(weights.values()))
+    clock.lap("fusion")
+    return weights, saliency
 
 
 def refine(
@@ -218,45 +253,34 @@ def refine(
         clock.lap("prompts")
         logits, score = _decode_pick(engine, emb, prompt, clock, reference=m0)
     else:
+        gated, agreement = False, 1.0
         if variant == "samrefiner":
             place = samrefiner_points
         else:
-            depth = depth_estimator(opt["depth_model"])
-            names = available_experts(depth, CHEAP_EXPERTS if variant == "lite" else EXPERTS)
-            if opt["experts"]:
-                fixed = opt["experts"].split(",") if isinstance(opt["experts"], str) else list(opt["experts"])
-                missing = set(fixed) - set(names)
-                if missing:
-                    raise ValueError(f"experts {sorted(missing)} are not available for {variant}; available: {', '.join(names)}")
-                weights = {n: 1.0 for n in fixed}
-            elif variant == "dense":
-                weights = {n: 1.0 for n in names}
-            else:
-                weights = _router(opt["router"]).select(context_features(emb, m0), names, opt["budget"])
-            clock.lap("router")
-            maps = expert_maps(list(weights), ExpertInput(engine, emb, m0, depth, opt["grid"]))
-            clock.lap("experts")
-            saliency = fuse(list(maps.values()), list(weights.values()))
-            clock.lap("fusion")
-            k, lam, floor = opt["k"], opt["lam"], opt["floor"]
+            if opt["box_gate"] is not None or opt["agreement_power"]:
+                agreement, logits, score, prompt = _agreement(engine, emb, m0, clock)
+            # When SAM's own reading of the box already matches the draft, its answer
+            # follows the image's edges and further prompts mostly pull it back to the draft.
+            gated = opt["box_gate"] is not None and agreement > opt["box_gate"]
+            if not gated:
+                weights, saliency = _expert_saliency(engine, emb, m0, variant, opt, clock)
 
-            def place(mask: np.ndarray) -> np.ndarray:
-                first = samrefiner_points(mask) if opt["anchor"] else None
-                return place_points(saliency, mask, k, lam, floor=floor, first=first)
-
-        strength, scale = opt["strength"], None
-        if variant != "samrefiner":
-            # PromptMoE's mask prompt: weaker where the experts see little object, and
-            # overall when SAM's own reading of the box disagrees with the coarse mask.
-            if opt["prompt_mix"] < 1:
-                scale = opt["prompt_mix"] + (1 - opt["prompt_mix"]) * saliency
-            if opt["agreement_power"]:
-                strength *= _agreement(engine, emb, m0, clock) ** opt["agreement_power"]
-        result = _iterate(engine, emb, m0, place, opt["iterations"], opt["gamma"], strength, clock, scale)
-        if result is None:
-            log.warning("refinement produced an empty mask; returning the coarse mask")
-            return Refinement(coarse.copy(), 0.0, clock.timings, experts=weights)
-        logits, score, prompt = result
+                def place(mask: np.ndarray) -> np.ndarray:
+                    first = samrefiner_points(mask) if opt["anchor"] else None
+                    return place_points(saliency, mask, opt["k"], opt["lam"], floor=opt["floor"], first=first)
+        if not gated:
+            strength, scale = opt["strength"], None
+            if variant != "samrefiner":
+                # PromptMoE's mask prompt: weaker where the experts see little object, and
+                # overall when SAM's own reading of the box disagrees with the coarse mask.
+                if opt["prompt_mix"] < 1:
+                    scale = opt["prompt_mix"] + (1 - opt["prompt_mix"]) * saliency
+                strength *= agreement ** opt["agreement_power"]
+            result = _iterate(engine, emb, m0, place, opt["iterations"], opt["gamma"], strength, clock, scale)
+            if result is None:
+                log.warning("refinement produced an empty mask; returning the coarse mask")
+                return Refinement(coarse.copy(), 0.0, clock.timings, experts=weights)
+            logits, score, prompt = result
     mask = engine.upscale(emb, logits[None], "image")[0] > 0
     clock.lap("upscale")
     if not mask.any():

@@ -175,8 +175,8 @@ def test_cli_click_writes_json_and_report(tmp_path, capsys):
 def test_method_options_parsing():
     from promptmoe_plugin.eval.bench import _method_options, _options
 
-    opts = _options(["k=3", "smartsam-ref:selector=dinov2", "flag=false", "path=a:b"])
-    assert opts == {"*": {"k": 3, "flag": False, "path": "a:b"}, "smartsam-ref": {"selector": "dinov2"}}
+    opts = _options(["k=3", "smartsam-ref:selector=dinov2", "flag=false", "path=a:b", "full:box_gate=None"])
+    assert opts == {"*": {"k": 3, "flag": False, "path": "a:b"}, "smartsam-ref": {"selector": "dinov2"}, "full": {"box_gate": None}}
     assert _method_options(opts, "smartsam-ref")["selector"] == "dinov2" and "selector" not in _method_options(opts, "sam")
     with pytest.raises(ValueError, match="KEY=VALUE"):
         _options(["novalue"])

@@ -23,7 +23,7 @@ def test_full_improves_a_morph_degraded_mask(engine, case):
     encodes = engine.stats().encodes
     engine.embed(image)
     before = engine.stats().encodes
-    out = refine(engine, image, coarse, "full", grid=3)
+    out = refine(engine, image, coarse, "full", grid=3, box_gate=None)
     assert engine.stats().encodes == before  # the embedding is computed once and reused
     assert before - encodes <= 1
     assert out.mask.shape == gt.shape and out.mask.dtype == bool
@@ -40,7 +40,7 @@ def test_full_improves_a_morph_degraded_mask(engine, case):
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "full"])
 def test_every_variant_returns_an_image_frame_mask(engine, case, variant):
     image, gt, coarse = case
-    out = refine(engine, image, coarse, variant, grid=3, iterations=1)
+    out = refine(engine, image, coarse, variant, grid=3, iterations=1, box_gate=None)
     assert out.mask.shape == gt.shape and out.mask.dtype == bool and out.mask.any()
     if variant == "unrefined":
         np.testing.assert_array_equal(out.mask, coarse)
@@ -49,6 +49,19 @@ def test_every_variant_returns_an_image_frame_mask(engine, case, variant):
         assert iou(out.mask, gt) > 0.5
     if variant == "dense":
         assert len(out.experts) == 9 and len(set(out.experts.values())) == 1
+
+
+@pytest.mark.parametrize("variant", ["full", "lite"])
+def test_box_gate_returns_sams_box_answer_when_it_agrees_with_the_draft(engine, case, variant):
+    image, gt, coarse = case
+    box = refine(engine, image, coarse, "sam-box")
+    gated = refine(engine, image, coarse, variant, box_gate=0.0)
+    np.testing.assert_array_equal(gated.mask, box.mask)
+    assert gated.score == pytest.approx(box.score)
+    assert gated.experts == {} and "experts" not in gated.timings
+    np.testing.assert_array_equal(gated.prompts.box, box.prompts.box)
+    open_gate = refine(engine, image, coarse, variant, box_gate=1.0, iterations=1)  # IoU never exceeds 1
+    assert len(open_gate.experts) == 2 and "experts" in open_gate.timings
 
 
 def test_bad_input_is_rejected(engine, case):

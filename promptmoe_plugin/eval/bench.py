@@ -49,7 +49,7 @@ def _datasets(folders: Sequence[str], limit: int | None) -> list[tuple[str, list
 def _options(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
     """``[METHOD:]KEY=VALUE`` strings as keyword options per method (``"*"``: every method).
 
-    Values that parse as int, float or true/false are converted.
+    Values that parse as int, float, true/false or none are converted.
     """
     out: dict[str, dict[str, Any]] = {}
     for pair in pairs:
@@ -66,6 +66,8 @@ def _options(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
                 continue
         if value.lower() in ("true", "false"):
             parsed = value.lower() == "true"
+        elif value.lower() == "none":
+            parsed = None
         out.setdefault(target or "*", {})[key] = parsed
     return out
 
