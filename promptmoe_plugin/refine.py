@@ -7,7 +7,9 @@ logits to the image frame.
 
 Variants: ``full`` (the selector picks 2 of the available experts), ``lite`` (the selector
 over the six cheap experts), ``dense`` (all available experts, equal weights), and the
-baselines ``samrefiner``, ``dualsight``, ``sam-box`` and ``unrefined`` (the input).
+baselines ``samrefiner``, ``dualsight``, ``sam-box`` and ``unrefined`` (the input).  The
+PromptMoE variants first ask SAM for its answer to the draft's box; when that answer
+agrees with the draft (IoU above ``box_gate``) it is the result and no expert runs.
 """
 
 from __future__ import annotations
@@ -34,10 +36,10 @@ log = logging.getLogger(__name__)
 VARIANTS = ("full", "lite", "dense", "samrefiner", "dualsight", "sam-box", "unrefined")
 
 #: Defaults of the options ``refine`` accepts.  The paper's PPE settings are k=5,
-#: lambda=0.05, gamma=4, strength=30 with a plain Gaussian mask prompt (k=5, prompt_mix=1,
-#: agreement_power=0, anchor=False here); with MobileSAM every extra positive point cost
-#: accuracy, and the two image-informed mask-prompt settings below gained it (README,
-#: "Refinement").
+#: lambda=0.05, gamma=4, strength=30 with a plain Gaussian mask prompt, and no gate (k=5,
+#: prompt_mix=1, agreement_power=0, anchor=False, box_gate=None here); with MobileSAM every
+#: extra positive point cost accuracy, and the box gate and the two image-informed
+#: mask-prompt settings below gained it (README, "Refinement").
 DEFAULTS: dict[str, Any] = {
     "k": 1,  # PPE positives
     "lam": 0.05,  # PPE suppressed share of the mask per point
@@ -340,7 +342,9 @@ def stage_timings(
     engine: SamEngine, folders: list[str], variant: str = "lite", limit: int = 5, scale: int = 4, kind: str = "morph"
 ) -> dict[str, dict[str, float]]:
     """Mean seconds per stage of ``variant`` on dataset images at their size and upscaled
-    ``scale`` times (bicubic image, nearest mask): does the pipeline stay in the working frame?"""
+    ``scale`` times (bicubic image, nearest mask): does the pipeline stay in the working frame?
+
+    The box gate is off, so every annotation runs the experts, fusion and PPE."""
     import cv2
     from tqdm import tqdm
 
@@ -356,7 +360,7 @@ def stage_timings(
         big_mask = cv2.resize(coarse.astype(np.uint8), None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST) > 0
         for label, (img, mask) in (("original", (image, coarse)), (f"x{scale}", (big, big_mask))):
             engine.embed(img)  # encoder time is not a stage measured here
-            out = refine(engine, img, mask, variant)
+            out = refine(engine, img, mask, variant, box_gate=None)
             for stage, sec in out.timings.items():
                 sums[label][stage] = sums[label].get(stage, 0.0) + sec / len(samples)
     for label in sums:

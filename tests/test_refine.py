@@ -98,3 +98,14 @@ def test_fixed_experts_option(engine, case):
     assert out.experts == {"edge": 1.0, "color": 1.0}
     with pytest.raises(ValueError, match="not available"):
         refine(engine, image, coarse, "lite", experts="sam_box")
+
+
+def test_stage_timings_run_the_experts_at_both_sizes(engine):
+    from conftest import data_dir
+    from promptmoe_plugin.refine import NON_SAM_STAGES, stage_timings
+
+    result = stage_timings(engine, [str(data_dir("GrabCut"))], "lite", limit=1, scale=2)
+    assert set(result) == {"original", "x2"}
+    for stages in result.values():
+        assert stages["experts"] > 0 and stages["decode"] > 0  # the gate is off: experts always run
+        assert stages["non_sam_total"] == pytest.approx(sum(stages.get(s, 0.0) for s in NON_SAM_STAGES))
