@@ -79,7 +79,8 @@ class Refinement:
         timings: seconds per stage (``encode`` is the wall time of the embedding lookup,
             ``embed_encoder`` the encoder's own time, 0 when the embedding was cached).
         prompts: the final prompts (:class:`Prompts`, image pixels).
-        experts: the experts used and their weights (PromptMoE variants).
+        experts: the experts used and their weights (PromptMoE variants; empty when the
+            box gate returned SAM's box answer).
     """
 
     mask: np.ndarray
@@ -152,19 +153,23 @@ def _decode_pick(engine, emb, prompt: Prompt, clock: _Clock, reference: np.ndarr
     return out.low_res_logits[0, i], float(out.iou[0, i])
 
 
-def _agreement(
-    engine: SamEngine, emb: ImageEmbedding, m0: np.ndarray, clock: _Clock
-) -> tuple[float, np.ndarray, float, Prompt]:
-    """SAM's answer to the tight box of ``m0`` ``(h, w) bool`` (working frame) and how well
-    it agrees with ``m0``.
-
-    Returns ``(agreement, logits, score, prompt)``: the IoU in [0, 1] of the answer with
-    ``m0`` (low when the image disagrees with the coarse mask), the answer's ``(256, 256)``
-    logits, its predicted IoU, and the box prompt.
-    """
+def _box_answer(engine: SamEngine, emb: ImageEmbedding, m0: np.ndarray, clock: _Clock) -> tuple[np.ndarray, float, Prompt]:
+    """SAM's most confident answer to the tight box of ``m0`` ``(h, w) bool`` (working
+    frame): its ``(256, 256)`` logits, predicted IoU, and the box prompt."""
     prompt = sam_box_prompt(emb, m0)
     clock.lap("prompts")
     logits, score = _decode_pick(engine, emb, prompt, clock)
+    return logits, score, prompt
+
+
+def _agreement(
+    engine: SamEngine, emb: ImageEmbedding, m0: np.ndarray, clock: _Clock
+) -> tuple[float, np.ndarray, float, Prompt]:
+    """:func:`_box_answer` for ``m0`` ``(h, w) bool`` (working frame) and how well it agrees
+    with ``m0``: ``(agreement, logits, score, prompt)``, the agreement being the IoU in
+    [0, 1] of the answer with ``m0`` (low when the image disagrees with the coarse mask).
+    """
+    logits, score, prompt = _box_answer(engine, emb, m0, clock)
     answer = engine.upscale(emb, logits[None], "working")[0] > 0
     clock.lap("upscale")
     return float((answer & m0).sum() / max(1, (answer | m0).sum())), logits, score, prompt
@@ -247,9 +252,7 @@ def refine(
     clock.lap("prepare")
     weights: dict[str, float] = {}
     if variant == "sam-box":
-        prompt = sam_box_prompt(emb, m0)
-        clock.lap("prompts")
-        logits, score = _decode_pick(engine, emb, prompt, clock)
+        logits, score, prompt = _box_answer(engine, emb, m0, clock)
     elif variant == "dualsight":
         prompt = dualsight_prompt(emb, m0, np.random.default_rng(seed))
         clock.lap("prompts")
