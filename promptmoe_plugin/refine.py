@@ -232,6 +232,9 @@ def refine(
     if unknown:
         raise ValueError(f"unknown refine options {sorted(unknown)}; known: {sorted(DEFAULTS)}")
     opt = {**DEFAULTS, **options}
+    gate = opt["box_gate"]
+    if gate is not None and (isinstance(gate, bool) or not isinstance(gate, (int, float)) or not 0 <= gate <= 1):
+        raise ValueError(f"box_gate must be a number in [0, 1] or None (off), got {gate!r}")
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")

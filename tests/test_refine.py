@@ -74,6 +74,9 @@ def test_bad_input_is_rejected(engine, case):
         refine(engine, image, coarse[:10], "full")
     with pytest.raises(ValueError, match="options"):
         refine(engine, image, coarse, "full", bogus=1)
+    for gate in ("0.6", 1.5, True):
+        with pytest.raises(ValueError, match="box_gate"):
+            refine(engine, image, coarse, "full", box_gate=gate)
 
 
 def test_refine_command_writes_mask_and_overlay(tmp_path, case):
