@@ -9,7 +9,9 @@ Variants: ``full`` (the selector picks 2 of the available experts), ``lite`` (th
 over the six cheap experts), ``dense`` (all available experts, equal weights), and the
 baselines ``samrefiner``, ``dualsight``, ``sam-box`` and ``unrefined`` (the input).  The
 PromptMoE variants first ask SAM for its answer to the draft's box; when that answer
-agrees with the draft (IoU above ``box_gate``) it is the result and no expert runs.
+agrees with the draft (IoU above ``box_gate``) it is the result and no expert runs;
+otherwise the experts' answer competes with the plain mask-prompt answer (SAMRefiner's
+prompts) and the one SAM is more stable about is returned (``stable_pick``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from .experts.geometry import to_working
 from .fusion import fuse
 from .ppe import GAMMA, STRENGTH, place_points, refinement_prompt
 from .router import Router, context_features, load_router
-from .sam import ImageEmbedding, Prompt, SamEngine
+from .sam import ImageEmbedding, Prompt, SamEngine, stability_score
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +39,9 @@ VARIANTS = ("full", "lite", "dense", "samrefiner", "dualsight", "sam-box", "unre
 
 #: Defaults of the options ``refine`` accepts.  The paper's PPE settings are k=5,
 #: lambda=0.05, gamma=4, strength=30 with a plain Gaussian mask prompt, and no gate (k=5,
-#: prompt_mix=1, agreement_power=0, anchor=False, box_gate=None here); with MobileSAM every
-#: extra positive point cost accuracy, and the box gate and the two image-informed
-#: mask-prompt settings below gained it (README, "Refinement").
+#: prompt_mix=1, agreement_power=0, anchor=False, box_gate=None, stable_pick=False here); with
+#: MobileSAM every extra positive point cost accuracy, and the box gate, the stable pick and
+#: the two image-informed mask-prompt settings below gained it (README, "Refinement").
 DEFAULTS: dict[str, Any] = {
     "k": 1,  # PPE positives
     "lam": 0.05,  # PPE suppressed share of the mask per point
@@ -48,6 +50,7 @@ DEFAULTS: dict[str, Any] = {
     "prompt_mix": 0.5,  # mask-prompt Gaussian times (prompt_mix + (1 - prompt_mix) * saliency); 1: SAMRefiner's
     "agreement_power": 2.0,  # mask-prompt strength times IoU(SAM's box answer, coarse) ** agreement_power; 0: off
     "box_gate": 0.6,  # return SAM's box answer when its IoU with the coarse mask exceeds this; None: off
+    "stable_pick": True,  # where the experts ran, return their answer or the plain mask-prompt one, whichever is more stable
     "iterations": 3,  # prompt -> decode rounds (full, lite, dense, samrefiner); SAMRefiner uses 5, 3 saves CPU time
     "gamma": GAMMA,
     "strength": STRENGTH,
@@ -81,6 +84,9 @@ class Refinement:
         prompts: the final prompts (:class:`Prompts`, image pixels).
         experts: the experts used and their weights (PromptMoE variants; empty when the
             box gate returned SAM's box answer).
+        source: where the mask came from: ``"box"`` (SAM's box answer: ``sam-box`` or the
+            gate), ``"experts"`` (the PromptMoE prompts), ``"plain"`` (the plain mask-prompt
+            prompts: ``samrefiner``, or the stable pick), ``"dualsight"`` or ``"coarse"``.
     """
 
     mask: np.ndarray
@@ -88,6 +94,7 @@ class Refinement:
     timings: dict[str, float]
     prompts: Prompts = field(default_factory=Prompts)
     experts: dict[str, float] = field(default_factory=dict)
+    source: str = "coarse"
 
 
 class _Clock:
@@ -135,6 +142,11 @@ def _iterate(
             break
         mask, result = new, (logits, score, prompt)
     return result
+
+
+def _stability(engine: SamEngine, emb: ImageEmbedding, logits: np.ndarray) -> float:
+    """:func:`~.sam.stability_score` of ``(256, 256)`` logits read in the working frame."""
+    return float(stability_score(engine.upscale(emb, logits[None], "working")[0]))
 
 
 def _decode_pick(engine, emb, prompt: Prompt, clock: _Clock, reference: np.ndarray | None = None):
@@ -204,6 +216,24 @@ def _expert_saliency(
     return weights, saliency
 
 
+def _promptmoe(
+    engine: SamEngine, emb: ImageEmbedding, m0: np.ndarray, variant: str, opt: dict[str, Any], agreement: float, clock: _Clock
+) -> tuple[dict[str, float], tuple[np.ndarray, float, Prompt] | None]:
+    """The PromptMoE path for ``m0`` ``(h, w) bool`` (working frame): experts and fusion,
+    PPE points on the saliency, and a mask prompt weaker where the experts see little
+    object and overall when SAM's box answer disagrees with the draft (``agreement`` in
+    [0, 1]).  Returns the expert weights and :func:`_iterate`'s result."""
+    weights, saliency = _expert_saliency(engine, emb, m0, variant, opt, clock)
+
+    def place(mask: np.ndarray) -> np.ndarray:
+        first = samrefiner_points(mask) if opt["anchor"] else None
+        return place_points(saliency, mask, opt["k"], opt["lam"], floor=opt["floor"], first=first)
+
+    scale = opt["prompt_mix"] + (1 - opt["prompt_mix"]) * saliency if opt["prompt_mix"] < 1 else None
+    strength = opt["strength"] * agreement ** opt["agreement_power"]
+    return weights, _iterate(engine, emb, m0, place, opt["iterations"], opt["gamma"], strength, clock, scale)
+
+
 def refine(
     engine: SamEngine,
     image: np.ndarray,
@@ -255,49 +285,48 @@ def refine(
     clock.lap("prepare")
     weights: dict[str, float] = {}
     if variant == "sam-box":
-        logits, score, prompt = _box_answer(engine, emb, m0, clock)
+        (logits, score, prompt), source = _box_answer(engine, emb, m0, clock), "box"
     elif variant == "dualsight":
         prompt = dualsight_prompt(emb, m0, np.random.default_rng(seed))
         clock.lap("prompts")
-        logits, score = _decode_pick(engine, emb, prompt, clock, reference=m0)
+        (logits, score), source = _decode_pick(engine, emb, prompt, clock, reference=m0), "dualsight"
     else:
-        gated, agreement = False, 1.0
+        def plain() -> tuple[np.ndarray, float, Prompt] | None:
+            return _iterate(engine, emb, m0, samrefiner_points, opt["iterations"], opt["gamma"], opt["strength"], clock)
+
         if variant == "samrefiner":
-            place = samrefiner_points
+            result, source = plain(), "plain"
         else:
+            agreement = 1.0
             if opt["box_gate"] is not None or opt["agreement_power"]:
                 agreement, logits, score, prompt = _agreement(engine, emb, m0, clock)
-            # When SAM's own reading of the box already matches the draft, its answer
-            # follows the image's edges and further prompts mostly pull it back to the draft.
-            gated = opt["box_gate"] is not None and agreement > opt["box_gate"]
-            if not gated:
-                weights, saliency = _expert_saliency(engine, emb, m0, variant, opt, clock)
-
-                def place(mask: np.ndarray) -> np.ndarray:
-                    first = samrefiner_points(mask) if opt["anchor"] else None
-                    return place_points(saliency, mask, opt["k"], opt["lam"], floor=opt["floor"], first=first)
-        if not gated:
-            strength, scale = opt["strength"], None
-            if variant != "samrefiner":
-                # PromptMoE's mask prompt: weaker where the experts see little object, and
-                # overall when SAM's own reading of the box disagrees with the coarse mask.
-                if opt["prompt_mix"] < 1:
-                    scale = opt["prompt_mix"] + (1 - opt["prompt_mix"]) * saliency
-                strength *= agreement ** opt["agreement_power"]
-            result = _iterate(engine, emb, m0, place, opt["iterations"], opt["gamma"], strength, clock, scale)
-            if result is None:
-                log.warning("refinement produced an empty mask; returning the coarse mask")
-                return Refinement(coarse.copy(), 0.0, clock.timings, experts=weights)
-            logits, score, prompt = result
+            if opt["box_gate"] is not None and agreement > opt["box_gate"]:
+                # SAM's own reading of the box already matches the draft: its answer follows
+                # the image's edges, and further prompts mostly pull it back to the draft.
+                result, source = (logits, score, prompt), "box"
+            else:
+                weights, result = _promptmoe(engine, emb, m0, variant, opt, agreement, clock)
+                source = "experts"
+                if opt["stable_pick"]:
+                    rival = plain()
+                    if rival is not None and (
+                        result is None or _stability(engine, emb, rival[0]) > _stability(engine, emb, result[0])
+                    ):
+                        result, source = rival, "plain"
+                    clock.lap("upscale")
+        if result is None:
+            log.warning("refinement produced an empty mask; returning the coarse mask")
+            return Refinement(coarse.copy(), 0.0, clock.timings, experts=weights)
+        logits, score, prompt = result
     mask = engine.upscale(emb, logits[None], "image")[0] > 0
     clock.lap("upscale")
     if not mask.any():
         log.warning("refinement produced an empty mask; returning the coarse mask")
-        mask = coarse.copy()
+        mask, source = coarse.copy(), "coarse"
     drawn = Prompts(box=prompt.box)
     if prompt.points is not None:
         drawn = Prompts(prompt.points, prompt.labels, prompt.box)
-    return Refinement(mask, score, clock.timings, drawn, weights)
+    return Refinement(mask, score, clock.timings, drawn, weights, source)
 
 
 def _run_refine(args: argparse.Namespace) -> int:
@@ -320,7 +349,7 @@ def _run_refine(args: argparse.Namespace) -> int:
         Image.fromarray(art).save(args.overlay)
     stages = " ".join(f"{k}={v:.3f}s" for k, v in result.timings.items())
     experts = " ".join(f"{k}:{v:.2f}" for k, v in result.experts.items())
-    print(f"{args.variant}: predicted IoU {result.score:.3f}; {stages}" + (f"; experts {experts}" if experts else ""))
+    print(f"{args.variant}: {result.source} answer, predicted IoU {result.score:.3f}; {stages}" + (f"; experts {experts}" if experts else ""))
     return 0
 
 

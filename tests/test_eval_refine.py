@@ -76,7 +76,8 @@ def test_refine_bench_end_to_end(engine):
     un = [r for r in recs if r["method"] == UNREFINED]
     assert all(r["iou"] == r["iou_before"] and r["encode_seconds"] == 0 for r in un)
     box = [r for r in recs if r["method"] == "sam-box"]
-    assert all(r["encode_seconds"] > 0 and 0 <= r["iou"] <= 1 for r in box)
+    assert all(r["encode_seconds"] > 0 and 0 <= r["iou"] <= 1 and r["source"] == "box" for r in box)
+    assert all(r["source"] == "coarse" for r in un)
     assert result["summary"][UNREFINED]["delta_iou"] == 0.0
     assert set(result["by_group"]) == {"GrabCut/lowres", "GrabCut/morph"}
     assert len(extremes["sam-box"].best()) == 1

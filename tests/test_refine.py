@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -23,7 +25,8 @@ def test_full_improves_a_morph_degraded_mask(engine, case):
     encodes = engine.stats().encodes
     engine.embed(image)
     before = engine.stats().encodes
-    out = refine(engine, image, coarse, "full", grid=3, box_gate=None)
+    out = refine(engine, image, coarse, "full", grid=3, box_gate=None, stable_pick=False)
+    assert out.source == "experts"
     assert engine.stats().encodes == before  # the embedding is computed once and reused
     assert before - encodes <= 1
     assert out.mask.shape == gt.shape and out.mask.dtype == bool
@@ -58,10 +61,38 @@ def test_box_gate_returns_sams_box_answer_when_it_agrees_with_the_draft(engine, 
     gated = refine(engine, image, coarse, variant, box_gate=0.0)
     np.testing.assert_array_equal(gated.mask, box.mask)
     assert gated.score == pytest.approx(box.score)
-    assert gated.experts == {} and "experts" not in gated.timings
+    assert gated.experts == {} and "experts" not in gated.timings and gated.source == box.source == "box"
     np.testing.assert_array_equal(gated.prompts.box, box.prompts.box)
     open_gate = refine(engine, image, coarse, variant, box_gate=1.0, iterations=1)  # IoU never exceeds 1
-    assert len(open_gate.experts) == 2 and "experts" in open_gate.timings
+    assert len(open_gate.experts) == 2 and "experts" in open_gate.timings and open_gate.source in ("experts", "plain")
+
+
+@pytest.mark.parametrize("prefer", ["experts", "plain"])
+def test_stable_pick_returns_the_more_stable_answer(engine, case, monkeypatch, prefer):
+    """Where the experts ran, the result is the experts' answer or the plain mask-prompt
+    (SAMRefiner) answer, whichever has the higher stability score."""
+    import promptmoe_plugin.refine as refine_module
+
+    image, gt, coarse = case
+    opts = dict(grid=3, iterations=2, box_gate=None)
+    experts = refine(engine, image, coarse, "full", stable_pick=False, **opts)
+    plain = refine(engine, image, coarse, "samrefiner", iterations=2)
+    assert (experts.source, plain.source) == ("experts", "plain")
+    winner = experts if prefer == "experts" else plain
+    loser = plain if prefer == "experts" else experts
+    assert not np.array_equal(winner.mask, loser.mask)  # the choice is visible in the result
+    real = refine(engine, image, coarse, "full", **opts)  # SAM's own stability decides
+    np.testing.assert_array_equal(real.mask, {"experts": experts, "plain": plain}[real.source].mask)
+
+    # A stand-in stability that favours ``winner``: the comparison must follow it.
+    def stability(engine_, emb, logits):
+        answer = engine_.upscale(emb, logits[None], "image")[0] > 0
+        return float(iou(answer, winner.mask))
+
+    monkeypatch.setattr(refine_module, "_stability", stability)
+    picked = refine(engine, image, coarse, "full", **opts)
+    assert picked.source == prefer and picked.experts == experts.experts
+    np.testing.assert_array_equal(picked.mask, winner.mask)
 
 
 def test_bad_input_is_rejected(engine, case):
@@ -79,7 +110,7 @@ def test_bad_input_is_rejected(engine, case):
             refine(engine, image, coarse, "full", box_gate=gate)
 
 
-def test_refine_command_writes_mask_and_overlay(tmp_path, case):
+def test_refine_command_writes_mask_and_overlay(tmp_path, case, capsys):
     from promptmoe_plugin.cli import main
     from promptmoe_plugin.images import load_mask, save_mask
     from PIL import Image
@@ -90,6 +121,7 @@ def test_refine_command_writes_mask_and_overlay(tmp_path, case):
     rc = main(["refine", "--image", str(tmp_path / "img.png"), "--mask", str(tmp_path / "coarse.png"), "--variant", "lite",
                "-o", str(tmp_path / "out.png"), "--overlay", str(tmp_path / "ov.png"), "--device", "cpu"])
     assert rc == 0
+    assert re.match(r"lite: (box|experts|plain) answer, predicted IoU \d\.\d{3}; encode=", capsys.readouterr().out)
     out = load_mask(tmp_path / "out.png")
     assert out.shape == gt.shape and iou(out, gt) > 0.5
     assert Image.open(tmp_path / "ov.png").size == (gt.shape[1], gt.shape[0])

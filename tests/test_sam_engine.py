@@ -23,6 +23,7 @@ from promptmoe_plugin.sam import (
     default_checkpoint,
     detect_model_type,
     load_sam,
+    stability_score,
 )
 
 
@@ -102,6 +103,15 @@ def test_grabcut_clicks_and_boxes(engine):
     assert np.mean(click_ious) >= 0.7
     assert np.mean(box_ious) >= 0.8
 
+
+def test_stability_score_known_answers():
+    ramp = np.tile(np.linspace(-4, 4, 9, dtype=np.float32), (3, 1))  # columns at -4, -3, ..., 4
+    assert stability_score(ramp) == pytest.approx(3 / 5)  # columns > 1: 2, 3, 4; > -1: 0 .. 4
+    assert stability_score(ramp, offset=0.5) == pytest.approx(4 / 5)
+    sharp = np.where(np.arange(9) < 4, -10.0, 10.0) * np.ones((3, 1))
+    batch = stability_score(np.stack([sharp, ramp, np.full((3, 9), -5.0)]))
+    assert batch.shape == (3,)
+    np.testing.assert_allclose(batch, [1.0, 0.6, 1.0])  # a hard edge is stable; an empty mask counts as 1
 
 def test_many_prompts_encode_once(astronaut):
     engine = SamEngine.create(device="cpu", cache_mb=64)

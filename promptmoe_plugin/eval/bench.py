@@ -316,6 +316,7 @@ def run_refine_bench(
                         "seconds": seconds,
                         "encode_seconds": 0.0 if method.name == UNREFINED else encode,
                         "timings": out.timings,
+                        "source": out.source,
                     }
                     per_image.append(record)
                     gain = after[0] - before[0]

@@ -140,6 +140,7 @@ class RefineOutput:
         timings: seconds per stage.
         points: ``(k, 2)`` (x, y) image px and ``labels`` ``(k,)`` of the final prompts,
             ``box`` ``(4,)`` or None, for overlays.
+        source: where the mask came from (``Refinement.source``; ``coarse`` for unrefined).
     """
 
     mask: np.ndarray
@@ -147,6 +148,7 @@ class RefineOutput:
     points: np.ndarray | None = None
     labels: np.ndarray | None = None
     box: np.ndarray | None = None
+    source: str = "coarse"
 
 
 @dataclass(frozen=True)
@@ -171,7 +173,7 @@ class RefineMethod:
         result = refine(engine, image, coarse, self.name, seed=seed, **(options or {}))
         prompts = result.prompts
         drawn = {k: (prompts.get(k) if isinstance(prompts, Mapping) else getattr(prompts, k, None)) for k in ("points", "labels", "box")}
-        return RefineOutput(np.asarray(result.mask, bool), dict(result.timings), **drawn)
+        return RefineOutput(np.asarray(result.mask, bool), dict(result.timings), **drawn, source=result.source)
 
 
 def refine_methods(names: Sequence[str]) -> list[RefineMethod]:

@@ -12,7 +12,7 @@ import logging
 import cv2
 import numpy as np
 
-from ..sam import LOW_RES, ImageEmbedding, LRUCache, Prompt, SamEngine
+from ..sam import LOW_RES, ImageEmbedding, LRUCache, Prompt, SamEngine, stability_score
 from .geometry import tight_box, to_image_frame
 from .superpixel import region_coverage
 
@@ -60,7 +60,7 @@ def everything_regions(engine: SamEngine, emb: ImageEmbedding, grid: int = GRID)
     logits = out.low_res_logits[:, :, :rh, :rw].reshape(-1, rh, rw)
     masks = logits > 0
     area = masks.sum(axis=(1, 2))
-    stability = (logits > 1).sum(axis=(1, 2)) / np.maximum((logits > -1).sum(axis=(1, 2)), 1)
+    stability = stability_score(logits)
     score = out.iou.reshape(-1)
     ok = (score >= MIN_PRED_IOU) & (stability >= MIN_STABILITY) & (area > 0)
     kept: list[np.ndarray] = []

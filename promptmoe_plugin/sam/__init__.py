@@ -2,7 +2,7 @@
 
 from .build import CheckpointError, LoadedSam, default_checkpoint, detect_model_type, load_sam
 from .cache import LRUCache, image_key
-from .engine import LOW_RES, Decoded, ImageEmbedding, Prompt, PromptError, SamEngine
+from .engine import LOW_RES, Decoded, ImageEmbedding, Prompt, PromptError, SamEngine, stability_score
 
 __all__ = [
     "CheckpointError",
@@ -18,4 +18,5 @@ __all__ = [
     "detect_model_type",
     "image_key",
     "load_sam",
+    "stability_score",
 ]

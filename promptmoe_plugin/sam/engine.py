@@ -129,6 +129,19 @@ class ImageEmbedding:
         return self.features.element_size() * self.features.nelement() + self.image.nbytes
 
 
+def stability_score(logits: np.ndarray, offset: float = 1.0) -> np.ndarray:
+    """SAM's stability score: the IoU of the masks ``logits > offset`` and ``logits > -offset``
+    (the first lies inside the second), near 1 when the boundary does not move as the
+    threshold does.
+
+    ``logits`` ``(..., h, w)`` float in any frame; returns ``(...)`` float64 in [0, 1]
+    (1 for an empty mask).
+    """
+    inner = (logits > offset).sum(axis=(-2, -1))
+    outer = (logits > -offset).sum(axis=(-2, -1))
+    return np.where(outer > 0, inner / np.maximum(outer, 1), 1.0)
+
+
 @dataclass
 class Decoded:
     """Output of :meth:`SamEngine.decode` for B prompts and M masks each (M = 3 or 1).
