@@ -20,7 +20,7 @@ import argparse
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -97,6 +97,17 @@ class Refinement:
     source: str = "coarse"
 
 
+class _Answer(NamedTuple):
+    """One of SAM's answers: ``(256, 256)`` low-res logits, their predicted IoU, the prompt
+    (image pixels), and, when they were read there, the logits in the working frame
+    ``(h, w)`` float32."""
+
+    logits: np.ndarray
+    score: float
+    prompt: Prompt
+    working: np.ndarray | None = None
+
+
 class _Clock:
     """Accumulates wall time per stage."""
 
@@ -120,13 +131,13 @@ def _iterate(
     strength: float,
     clock: _Clock,
     scale: np.ndarray | None = None,
-) -> tuple[np.ndarray, float, Prompt] | None:
+) -> _Answer | None:
     """Prompt, decode, take the most confident mask, repeat from it.
 
     ``mask`` ``(h, w) bool`` working frame; ``positives(mask) -> (n, 2)`` working-frame
     points; ``scale`` the mask prompt's shape (:func:`~.ppe.gaussian_mask_prompt`).
-    Returns the last ``(256, 256)`` logits, their predicted IoU and prompt, or None when
-    the first decode came back empty.
+    Returns the last answer (with its working-frame logits), or None when the first
+    decode came back empty.
     """
     result = None
     for _ in range(max(1, iterations)):
@@ -136,17 +147,13 @@ def _iterate(
         i = int(out.best()[0])
         logits, score = out.low_res_logits[0, i], float(out.iou[0, i])
         clock.lap("decode")
-        new = engine.upscale(emb, logits[None], "working")[0] > 0
+        working = engine.upscale(emb, logits[None], "working")[0]
         clock.lap("upscale")
+        new = working > 0
         if not new.any():
             break
-        mask, result = new, (logits, score, prompt)
+        mask, result = new, _Answer(logits, score, prompt, working)
     return result
-
-
-def _stability(engine: SamEngine, emb: ImageEmbedding, logits: np.ndarray) -> float:
-    """:func:`~.sam.stability_score` of ``(256, 256)`` logits read in the working frame."""
-    return float(stability_score(engine.upscale(emb, logits[None], "working")[0]))
 
 
 def _decode_pick(engine, emb, prompt: Prompt, clock: _Clock, reference: np.ndarray | None = None):
@@ -165,26 +172,24 @@ def _decode_pick(engine, emb, prompt: Prompt, clock: _Clock, reference: np.ndarr
     return out.low_res_logits[0, i], float(out.iou[0, i])
 
 
-def _box_answer(engine: SamEngine, emb: ImageEmbedding, m0: np.ndarray, clock: _Clock) -> tuple[np.ndarray, float, Prompt]:
+def _box_answer(engine: SamEngine, emb: ImageEmbedding, m0: np.ndarray, clock: _Clock) -> _Answer:
     """SAM's most confident answer to the tight box of ``m0`` ``(h, w) bool`` (working
-    frame): its ``(256, 256)`` logits, predicted IoU, and the box prompt."""
+    frame), without its working-frame logits."""
     prompt = sam_box_prompt(emb, m0)
     clock.lap("prompts")
     logits, score = _decode_pick(engine, emb, prompt, clock)
-    return logits, score, prompt
+    return _Answer(logits, score, prompt)
 
 
-def _agreement(
-    engine: SamEngine, emb: ImageEmbedding, m0: np.ndarray, clock: _Clock
-) -> tuple[float, np.ndarray, float, Prompt]:
+def _agreement(engine: SamEngine, emb: ImageEmbedding, m0: np.ndarray, clock: _Clock) -> tuple[float, _Answer]:
     """:func:`_box_answer` for ``m0`` ``(h, w) bool`` (working frame) and how well it agrees
-    with ``m0``: ``(agreement, logits, score, prompt)``, the agreement being the IoU in
-    [0, 1] of the answer with ``m0`` (low when the image disagrees with the coarse mask).
+    with ``m0``: the IoU in [0, 1] of the answer with ``m0`` (low when the image disagrees
+    with the coarse mask), and the answer.
     """
-    logits, score, prompt = _box_answer(engine, emb, m0, clock)
-    answer = engine.upscale(emb, logits[None], "working")[0] > 0
+    box = _box_answer(engine, emb, m0, clock)
+    answer = engine.upscale(emb, box.logits[None], "working")[0] > 0
     clock.lap("upscale")
-    return float((answer & m0).sum() / max(1, (answer | m0).sum())), logits, score, prompt
+    return float((answer & m0).sum() / max(1, (answer | m0).sum())), box
 
 
 def _router(value) -> Router:
@@ -218,7 +223,7 @@ def _expert_saliency(
 
 def _promptmoe(
     engine: SamEngine, emb: ImageEmbedding, m0: np.ndarray, variant: str, opt: dict[str, Any], agreement: float, clock: _Clock
-) -> tuple[dict[str, float], tuple[np.ndarray, float, Prompt] | None]:
+) -> tuple[dict[str, float], _Answer | None]:
     """The PromptMoE path for ``m0`` ``(h, w) bool`` (working frame): experts and fusion,
     PPE points on the saliency, and a mask prompt weaker where the experts see little
     object and overall when SAM's box answer disagrees with the draft (``agreement`` in
@@ -285,48 +290,47 @@ def refine(
     clock.lap("prepare")
     weights: dict[str, float] = {}
     if variant == "sam-box":
-        (logits, score, prompt), source = _box_answer(engine, emb, m0, clock), "box"
+        answer, source = _box_answer(engine, emb, m0, clock), "box"
     elif variant == "dualsight":
         prompt = dualsight_prompt(emb, m0, np.random.default_rng(seed))
         clock.lap("prompts")
-        (logits, score), source = _decode_pick(engine, emb, prompt, clock, reference=m0), "dualsight"
+        answer, source = _Answer(*_decode_pick(engine, emb, prompt, clock, reference=m0), prompt), "dualsight"
     else:
-        def plain() -> tuple[np.ndarray, float, Prompt] | None:
+        def plain() -> _Answer | None:
             return _iterate(engine, emb, m0, samrefiner_points, opt["iterations"], opt["gamma"], opt["strength"], clock)
 
         if variant == "samrefiner":
-            result, source = plain(), "plain"
+            answer, source = plain(), "plain"
         else:
-            agreement = 1.0
-            if opt["box_gate"] is not None or opt["agreement_power"]:
-                agreement, logits, score, prompt = _agreement(engine, emb, m0, clock)
-            if opt["box_gate"] is not None and agreement > opt["box_gate"]:
+            agreement, box = 1.0, None
+            if gate is not None or opt["agreement_power"]:
+                agreement, box = _agreement(engine, emb, m0, clock)
+            if gate is not None and agreement > gate:
                 # SAM's own reading of the box already matches the draft: its answer follows
                 # the image's edges, and further prompts mostly pull it back to the draft.
-                result, source = (logits, score, prompt), "box"
+                answer, source = box, "box"
             else:
-                weights, result = _promptmoe(engine, emb, m0, variant, opt, agreement, clock)
+                weights, answer = _promptmoe(engine, emb, m0, variant, opt, agreement, clock)
                 source = "experts"
                 if opt["stable_pick"]:
                     rival = plain()
                     if rival is not None and (
-                        result is None or _stability(engine, emb, rival[0]) > _stability(engine, emb, result[0])
+                        answer is None or stability_score(rival.working) > stability_score(answer.working)
                     ):
-                        result, source = rival, "plain"
-                    clock.lap("upscale")
-        if result is None:
+                        answer, source = rival, "plain"
+        if answer is None:
             log.warning("refinement produced an empty mask; returning the coarse mask")
             return Refinement(coarse.copy(), 0.0, clock.timings, experts=weights)
-        logits, score, prompt = result
-    mask = engine.upscale(emb, logits[None], "image")[0] > 0
+    mask = engine.upscale(emb, answer.logits[None], "image")[0] > 0
     clock.lap("upscale")
     if not mask.any():
         log.warning("refinement produced an empty mask; returning the coarse mask")
         mask, source = coarse.copy(), "coarse"
+    prompt = answer.prompt
     drawn = Prompts(box=prompt.box)
     if prompt.points is not None:
         drawn = Prompts(prompt.points, prompt.labels, prompt.box)
-    return Refinement(mask, score, clock.timings, drawn, weights, source)
+    return Refinement(mask, answer.score, clock.timings, drawn, weights, source)
 
 
 def _run_refine(args: argparse.Namespace) -> int:

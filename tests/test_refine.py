@@ -9,6 +9,7 @@ import pytest
 
 from promptmoe_plugin.eval.coarse import make_coarse
 from promptmoe_plugin.experts import EXPERTS
+from promptmoe_plugin.experts.geometry import to_working
 from promptmoe_plugin.eval.metrics import iou
 from promptmoe_plugin.refine import VARIANTS, refine
 
@@ -85,11 +86,12 @@ def test_stable_pick_returns_the_more_stable_answer(engine, case, monkeypatch, p
     np.testing.assert_array_equal(real.mask, {"experts": experts, "plain": plain}[real.source].mask)
 
     # A stand-in stability that favours ``winner``: the comparison must follow it.
-    def stability(engine_, emb, logits):
-        answer = engine_.upscale(emb, logits[None], "image")[0] > 0
-        return float(iou(answer, winner.mask))
+    winner_working = to_working(engine.embed(image), winner.mask)
 
-    monkeypatch.setattr(refine_module, "_stability", stability)
+    def stability(working):
+        return float(iou(working > 0, winner_working))
+
+    monkeypatch.setattr(refine_module, "stability_score", stability)
     picked = refine(engine, image, coarse, "full", **opts)
     assert picked.source == prefer and picked.experts == experts.experts
     np.testing.assert_array_equal(picked.mask, winner.mask)
