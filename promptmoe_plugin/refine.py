@@ -27,7 +27,7 @@ import numpy as np
 from .cli import add_engine_options, make_engine, write_json
 from .baselines import dualsight_prompt, sam_box_prompt, samrefiner_points
 from .experts import CHEAP_EXPERTS, EXPERTS, ExpertInput, available_experts, depth_estimator, expert_maps
-from .experts.geometry import to_working
+from .experts.geometry import mask_iou, to_working
 from .fusion import fuse
 from .ppe import GAMMA, STRENGTH, place_points, refinement_prompt
 from .router import Router, context_features, load_router
@@ -165,9 +165,7 @@ def _decode_pick(engine, emb, prompt: Prompt, clock: _Clock, reference: np.ndarr
         i = int(out.best()[0])
     else:
         cands = engine.upscale(emb, out.low_res_logits[0], "working") > 0
-        inter = (cands & reference).sum(axis=(1, 2))
-        union = np.maximum((cands | reference).sum(axis=(1, 2)), 1)
-        i = int(np.argmax(inter / union))
+        i = int(np.argmax(mask_iou(cands, reference)))
         clock.lap("upscale")
     return out.low_res_logits[0, i], float(out.iou[0, i])
 
@@ -189,7 +187,7 @@ def _agreement(engine: SamEngine, emb: ImageEmbedding, m0: np.ndarray, clock: _C
     box = _box_answer(engine, emb, m0, clock)
     answer = engine.upscale(emb, box.logits[None], "working")[0] > 0
     clock.lap("upscale")
-    return float((answer & m0).sum() / max(1, (answer | m0).sum())), box
+    return float(mask_iou(answer, m0)), box
 
 
 def _router(value) -> Router:

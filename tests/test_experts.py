@@ -13,7 +13,7 @@ from promptmoe_plugin.experts.appearance import (
     texture_similarity,
 )
 from promptmoe_plugin.experts.depth import ENV_VAR, depth_similarity
-from promptmoe_plugin.experts.geometry import edge_distance, tight_box, to_working
+from promptmoe_plugin.experts.geometry import edge_distance, mask_iou, tight_box, to_working
 from promptmoe_plugin.experts.sam_experts import everything_regions, sam_box_query, sam_coverage, sam_weighted_coverage
 from promptmoe_plugin.experts.superpixel import region_coverage, superpixel_coverage
 from promptmoe_plugin.fusion import fuse
@@ -150,6 +150,19 @@ def test_expert_map_dispatch_covers_every_available_expert(engine, voc_object):
         expert_map("depth", inp)
     with pytest.raises(ValueError, match="unknown expert"):
         expert_map("nope", inp)
+
+
+def test_mask_iou_known_answers():
+    a = np.zeros((4, 6), bool)
+    a[:, :3] = True  # 12 pixels
+    b = np.zeros((4, 6), bool)
+    b[:, 2:4] = True  # 8 pixels, 4 shared
+    assert mask_iou(a, b) == pytest.approx(4 / 16)
+    empty = np.zeros((4, 6), bool)
+    batch = mask_iou(np.stack([a, b, empty]), a)  # (3, h, w) against one mask
+    assert batch.shape == (3,)
+    np.testing.assert_allclose(batch, [1.0, 4 / 16, 0.0])
+    assert mask_iou(empty, empty) == 0.0
 
 
 def test_tight_box_and_working_frame():

@@ -42,6 +42,13 @@ def tight_box(mask: np.ndarray) -> np.ndarray:
     return np.array([xs[0], ys[0], xs[-1], ys[-1]], np.float64)
 
 
+def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of bool masks ``a`` and ``b`` broadcast to ``(..., h, w)`` (same frame):
+    ``(...)`` float64 in [0, 1]; 0 where both are empty."""
+    inter = (a & b).sum(axis=(-2, -1))
+    return inter / np.maximum((a | b).sum(axis=(-2, -1)), 1)
+
+
 def to_working(emb: ImageEmbedding, mask: np.ndarray) -> np.ndarray:
     """Resize an image-frame ``(H, W) bool`` mask to the working frame ``(h, w) bool``
     (area average when shrinking, so thin parts survive as long as they cover half a pixel)."""

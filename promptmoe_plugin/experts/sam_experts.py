@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from ..sam import LOW_RES, ImageEmbedding, LRUCache, Prompt, SamEngine, stability_score
-from .geometry import tight_box, to_image_frame
+from .geometry import mask_iou, tight_box, to_image_frame
 from .superpixel import region_coverage
 
 log = logging.getLogger(__name__)
@@ -106,5 +106,4 @@ def sam_box_query(engine: SamEngine, emb: ImageEmbedding, mask: np.ndarray) -> n
     box = to_image_frame(emb, tight_box(mask))
     out = engine.decode(emb, [Prompt(box=box)], multimask=True, frame="working")
     union = out.masks[0].any(axis=0)
-    iou = (union & mask).sum() / max(int((union | mask).sum()), 1)
-    return (union if iou >= BOX_FALLBACK_IOU else mask).astype(np.float32)
+    return (union if mask_iou(union, mask) >= BOX_FALLBACK_IOU else mask).astype(np.float32)
