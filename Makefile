@@ -9,7 +9,7 @@ PORT ?= 9090
 # OpenMP threads sleep instead of spinning when idle: much faster on a shared CPU.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup run test bench clean
+.PHONY: setup run lint test bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,12 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(BIN)/promptmoe serve --host $(HOST) --port $(PORT)
 
-test: $(STAMP)
+# Style (ruff, 100 columns) and the layer contract (import-linter, see pyproject.toml).
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+test: lint
 	$(BIN)/pytest
 
 bench: $(STAMP)

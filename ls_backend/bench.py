@@ -21,27 +21,24 @@ the end: the cache must stay within its bound and RSS must level off once it is 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import requests
 from tqdm import tqdm
 from werkzeug.serving import make_server
 
-from promptmoe_plugin.cli import make_engine, write_json
 from promptmoe_plugin.eval.clicker import Clicker
 from promptmoe_plugin.eval.coarse import make_coarse
-from promptmoe_plugin.eval.datasets import Sample, load_dataset
+from promptmoe_plugin.eval.datasets import Sample, interleave, sample_datasets
 
-from . import rle
-from .config import Settings
 from .model import PromptMoEModel
+from .results import brush_masks, brush_result
 from .server import create_app
 
 log = logging.getLogger(__name__)
@@ -64,24 +61,41 @@ def rss_mb() -> float:
 
 
 def _keypoint(x: float, y: float, positive: bool, h: int, w: int) -> dict:
-    return {"type": "keypointlabels", "from_name": "kp", "to_name": "image", "is_positive": positive,
-            "original_width": w, "original_height": h,
-            "value": {"x": 100 * x / w, "y": 100 * y / h, "width": 0.5, "keypointlabels": ["Object"]}}
+    """A keypoint at image pixel ``(x, y)`` of an ``h`` x ``w`` image."""
+    return {
+        "type": "keypointlabels",
+        "from_name": "kp",
+        "to_name": "image",
+        "is_positive": positive,
+        "original_width": w,
+        "original_height": h,
+        "value": {"x": 100 * x / w, "y": 100 * y / h, "width": 0.5, "keypointlabels": ["Object"]},
+    }
 
 
 def _box(gt: np.ndarray) -> dict:
+    """The bounding rectangle of ``gt`` ``(H, W) bool``."""
     h, w = gt.shape
     ys, xs = np.nonzero(gt)
-    return {"type": "rectanglelabels", "from_name": "rect", "to_name": "image", "original_width": w,
-            "original_height": h, "value": {"x": 100 * xs.min() / w, "y": 100 * ys.min() / h,
-                                             "width": 100 * (xs.max() - xs.min() + 1) / w,
-                                             "height": 100 * (ys.max() - ys.min() + 1) / h, "rectanglelabels": ["Object"]}}
+    value = {
+        "x": 100 * xs.min() / w,
+        "y": 100 * ys.min() / h,
+        "width": 100 * (xs.max() - xs.min() + 1) / w,
+        "height": 100 * (ys.max() - ys.min() + 1) / h,
+        "rectanglelabels": ["Object"],
+    }
+    return {
+        "type": "rectanglelabels",
+        "from_name": "rect",
+        "to_name": "image",
+        "original_width": w,
+        "original_height": h,
+        "value": value,
+    }
 
 
 def _brush(mask: np.ndarray) -> dict:
-    h, w = mask.shape
-    return {"type": "brushlabels", "from_name": "brush", "to_name": "image", "original_width": w,
-            "original_height": h, "value": {"format": "rle", "rle": rle.encode(mask), "brushlabels": ["Object"]}}
+    return brush_result(mask, "Object", from_name="brush", to_name="image")
 
 
 class _Caller:
@@ -95,12 +109,19 @@ class _Caller:
         context = {"result": items}
         start = time.perf_counter()
         if http:
-            body = {"tasks": [task], "project": "1.0", "label_config": CONFIG, "params": {"context": context}}
+            body = {
+                "tasks": [task],
+                "project": "1.0",
+                "label_config": CONFIG,
+                "params": {"context": context},
+            }
             r = self.http.post(f"{self.url}/predict", json=body, timeout=600)
             r.raise_for_status()
             pred = r.json()["results"][0]
         else:
-            pred = self.model.predict([task], context=context, project="1.0", label_config=CONFIG)[0]
+            pred = self.model.predict([task], context=context, project="1.0", label_config=CONFIG)[
+                0
+            ]
         seconds = time.perf_counter() - start
         if "error" in pred:
             raise RuntimeError(pred["error"])
@@ -109,29 +130,44 @@ class _Caller:
 
 def _mask(pred: dict) -> np.ndarray:
     """Union of the brush results (a click may have started a second object of the label)."""
-    masks = [rle.decode(r["value"]["rle"], r["original_height"], r["original_width"])
-             for r in pred["result"] if r["type"] == "brushlabels"]
-    return np.logical_or.reduce(masks)
+    return np.logical_or.reduce([mask for _, mask in brush_masks(pred["result"])])
 
 
-def _samples(folders: Sequence[str], n: int) -> list[Sample]:
-    """``n`` samples taken round-robin from the dataset folders."""
-    lists = [load_dataset(f) for f in folders]
-    out = []
-    for i in range(max(len(s) for s in lists)):
-        out += [s[i] for s in lists if i < len(s)]
-    return out[:n]
+def bench_samples(folders: Sequence[str | Path], images: int) -> list[Sample]:
+    """The ``images`` samples of the benchmark, taken in turn from the dataset folders."""
+    return interleave(sample_datasets(folders), images)
 
 
-def bench_server(model: PromptMoEModel, folders: Sequence[str], images: int = 100,
-                 latency_images: int = 20, later_clicks: int = 4) -> dict:
-    """Run the benchmark; returns the figures (seconds, MB)."""
-    samples = _samples(folders, images)
+def files_root(samples: Sequence[Sample]) -> Path:
+    """The folder the model must read local files from (``LOCAL_FILES_DOCUMENT_ROOT``): the
+    parent of the samples' common folder."""
+    return Path(os.path.commonpath([s.image_path.resolve() for s in samples])).parent
+
+
+def bench_server(
+    model: PromptMoEModel,
+    folders: Sequence[str | Path],
+    images: int = 100,
+    latency_images: int = 20,
+    later_clicks: int = 4,
+) -> dict:
+    """Run the benchmark on ``images`` images of the dataset ``folders``, the first
+    ``latency_images`` of them for the latency figures (``later_clicks`` clicks after the
+    first each).  The model must read local files from :func:`files_root` of
+    :func:`bench_samples`.
+
+    Returns:
+        the figures: latency p50/p95 in seconds per request kind and transport, RSS in MB
+        along the run, and the embedding and image caches at the end.
+    """
+    samples = bench_samples(folders, images)
     if len(samples) < images:
         log.warning("only %d images found", len(samples))
-    root = Path(os.path.commonpath([s.image_path.resolve() for s in samples])).parent
+    root = files_root(samples)
     if model.settings.local_files_root != root:
-        raise ValueError(f"the model must read local files from {root}, not {model.settings.local_files_root}")
+        raise ValueError(
+            f"the model must read local files from {root}, not {model.settings.local_files_root}"
+        )
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
     server = make_server("127.0.0.1", 0, create_app(model), threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -144,7 +180,8 @@ def bench_server(model: PromptMoEModel, folders: Sequence[str], images: int = 10
         for i, sample in enumerate(tqdm(samples, desc="bench server", unit="image")):
             image, gt, ignore = sample.load()
             h, w = gt.shape
-            task = {"id": i + 1, "data": {"image": f"/data/local-files/?d={sample.image_path.resolve().relative_to(root)}"}}
+            path = sample.image_path.resolve().relative_to(root)
+            task = {"id": i + 1, "data": {"image": f"/data/local-files/?d={path}"}}
             if i >= latency_images:
                 call(task, [_box(gt)], http=i % 2 == 0)
             else:
@@ -165,63 +202,75 @@ def bench_server(model: PromptMoEModel, folders: Sequence[str], images: int = 10
                 # the same draft again over both transports (identical work, warm caches).
                 items = [_brush(make_coarse(gt, image, "morph", seed=i))]
                 order = (i % 2 == 1, i % 2 == 0)
-                for kind, http in (("draft", order[0]), ("draft_repeat", order[0]), ("draft_repeat", order[1])):
+                runs = (("draft", order[0]), ("draft_repeat", order[0]), ("draft_repeat", order[1]))
+                for kind, http in runs:
                     seconds, _ = call(task, items, http=http)
                     times[kind]["http" if http else "inproc"].append(seconds)
             if (i + 1) % 25 == 0 or i + 1 in (10, len(samples)):
                 rss[f"after_{i + 1}_images"] = rss_mb()
     finally:
         server.shutdown()
-    stats = model.engine.stats().cache
-    images = model.fetcher.cache.stats()
-    figures: dict = {"images": len(samples), "latency_images": min(latency_images, len(samples)),
-                     "latency": {}, "rss_mb": rss,
-                     "embedding_cache": {"entries": stats.entries, "mb": stats.bytes / 2**20,
-                                         "capacity_mb": stats.capacity_bytes / 2**20, "evictions": stats.evictions,
-                                         "bound_holds": stats.bytes <= stats.capacity_bytes},
-                     "image_cache": {"entries": images.entries, "mb": images.bytes / 2**20,
-                                     "capacity_mb": images.capacity_bytes / 2**20}}
-    for kind, by in times.items():
-        row = {}
-        for transport, values in by.items():
-            if values:
-                row[transport] = {"n": len(values), "p50": float(np.percentile(values, 50)),
-                                  "p95": float(np.percentile(values, 95))}
-        if row.get("http") and row.get("inproc"):
-            row["http_over_inproc_p50"] = row["http"]["p50"] / row["inproc"]["p50"]
-        figures["latency"][kind] = row
-    return figures
+    embeddings = model.engine.stats().cache
+    decoded = model.fetcher.cache.stats()
+    return {
+        "images": len(samples),
+        "latency_images": min(latency_images, len(samples)),
+        "latency": {kind: _latency(by) for kind, by in times.items()},
+        "rss_mb": rss,
+        "embedding_cache": {
+            "entries": embeddings.entries,
+            "mb": embeddings.bytes / 2**20,
+            "capacity_mb": embeddings.capacity_bytes / 2**20,
+            "evictions": embeddings.evictions,
+            "bound_holds": embeddings.bytes <= embeddings.capacity_bytes,
+        },
+        "image_cache": {
+            "entries": decoded.entries,
+            "mb": decoded.bytes / 2**20,
+            "capacity_mb": decoded.capacity_bytes / 2**20,
+        },
+    }
+
+
+def _latency(by: dict[str, list[float]]) -> dict:
+    """p50 / p95 seconds per transport (``http``, ``inproc``) and their p50 ratio."""
+    row: dict = {}
+    for transport, values in by.items():
+        if values:
+            row[transport] = {
+                "n": len(values),
+                "p50": float(np.percentile(values, 50)),
+                "p95": float(np.percentile(values, 95)),
+            }
+    if row.get("http") and row.get("inproc"):
+        row["http_over_inproc_p50"] = row["http"]["p50"] / row["inproc"]["p50"]
+    return row
 
 
 def format_server_report(fig: dict) -> str:
-    lines = [f"promptmoe bench server: {fig['images']} images, latency on {fig['latency_images']}",
-             f"{'request':<12} {'HTTP p50':>9} {'HTTP p95':>9} {'in-proc p50':>12} {'in-proc p95':>12} {'HTTP/in-proc':>13}"]
+    """The figures of :func:`bench_server` as a text table (seconds, MB)."""
+    nan = float("nan")
+    lines = [
+        f"promptmoe bench server: {fig['images']} images, latency on {fig['latency_images']}",
+        f"{'request':<12} {'HTTP p50':>9} {'HTTP p95':>9} {'in-proc p50':>12} "
+        f"{'in-proc p95':>12} {'HTTP/in-proc':>13}",
+    ]
     for kind, row in fig["latency"].items():
         h, p = row.get("http", {}), row.get("inproc", {})
-        lines.append(f"{kind:<12} {h.get('p50', float('nan')):9.3f} {h.get('p95', float('nan')):9.3f} "
-                     f"{p.get('p50', float('nan')):12.3f} {p.get('p95', float('nan')):12.3f} "
-                     f"{row.get('http_over_inproc_p50', float('nan')):13.3f}")
+        lines.append(
+            f"{kind:<12} {h.get('p50', nan):9.3f} {h.get('p95', nan):9.3f} "
+            f"{p.get('p50', nan):12.3f} {p.get('p95', nan):12.3f} "
+            f"{row.get('http_over_inproc_p50', nan):13.3f}"
+        )
     lines.append("RSS MB: " + ", ".join(f"{k} {v:.0f}" for k, v in fig["rss_mb"].items()))
     c = fig["embedding_cache"]
-    lines.append(f"embedding cache: {c['entries']} entries, {c['mb']:.0f} / {c['capacity_mb']:.0f} MB, "
-                 f"{c['evictions']} evictions, bound holds: {c['bound_holds']}")
+    lines.append(
+        f"embedding cache: {c['entries']} entries, {c['mb']:.0f} / "
+        f"{c['capacity_mb']:.0f} MB, {c['evictions']} evictions, "
+        f"bound holds: {c['bound_holds']}"
+    )
     i = fig["image_cache"]
-    lines.append(f"decoded image cache: {i['entries']} entries, {i['mb']:.0f} / {i['capacity_mb']:.0f} MB")
+    lines.append(
+        f"decoded image cache: {i['entries']} entries, {i['mb']:.0f} / {i['capacity_mb']:.0f} MB"
+    )
     return "\n".join(lines)
-
-
-def run(args: argparse.Namespace) -> int:
-    """``promptmoe bench server``: build the model from the flags, run, print, write JSON."""
-    import tempfile
-
-    folders = [Path(f).resolve() for f in args.data]
-    with tempfile.TemporaryDirectory() as tmp:
-        args.model_dir = args.model_dir or tmp
-        samples = _samples(folders, args.images)
-        args.local_files_root = str(Path(os.path.commonpath([s.image_path.resolve() for s in samples])).parent)
-        model = PromptMoEModel(make_engine(args), Settings.from_args(args))
-        model.warm_up()
-        fig = bench_server(model, folders, images=args.images, latency_images=args.latency_images)
-    print(format_server_report(fig))
-    write_json(args.json, fig)
-    return 0

@@ -1,52 +1,202 @@
-"""Backend settings: environment variables, overridable by ``promptmoe serve`` flags.
+"""The backend's one settings loader: environment variables, overridable by flags.
 
-Every setting has one environment variable (the names upstream ML backends use where
-one exists), so the Docker image, gunicorn and the development server read the same.
+Every setting has one environment variable (the names upstream ML backends use where one
+exists), so the Docker image, gunicorn and ``promptmoe serve`` read the same.  The table
+:data:`OPTIONS` names each setting's variable, flag and help; the command line builds its
+flags from it and hands their values, as strings, to :func:`load_settings`, which converts
+and validates everything once.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_type_hints
 
-from promptmoe_plugin.cli import add_engine_options
+if TYPE_CHECKING:
+    from promptmoe_plugin.sam import SamEngine
 
-#: (setting, environment variable, flag, help); defaults live on :class:`Settings`.
-_BACKEND_OPTIONS = (
-    ("label_studio_url", "LABEL_STUDIO_URL", "--label-studio-url",
-     "Label Studio address, e.g. http://localhost:8080; task paths like /data/upload/... are fetched from it"),
-    ("label_studio_api_key", "LABEL_STUDIO_API_KEY", "--label-studio-api-key",
-     "Label Studio legacy token or personal access token (sent only to LABEL_STUDIO_URL)"),
-    ("model_dir", "MODEL_DIR", "--model-dir",
-     "folder for the reference store and refitted router weights (default ./model_dir)"),
-    ("basic_auth_user", "BASIC_AUTH_USER", "--basic-auth-user",
-     "require HTTP basic auth with this user (set BASIC_AUTH_PASS too)"),
-    ("basic_auth_pass", "BASIC_AUTH_PASS", "--basic-auth-pass", "password for BASIC_AUTH_USER"),
-    ("refine_variant", "REFINE_VARIANT", "--refine-variant",
-     "PromptMoE refinement variant for brush drafts (default full)"),
-    ("selector", "SMARTSAM_SELECTOR", "--selector",
-     "SmartSAM candidate selector for first clicks: none, sam or dinov2 (default sam)"),
-    ("dinov2_model", "DINOV2_MODEL", "--dinov2-model",
-     "DINOv2 model for the dinov2 selector: a local folder or a hub id (default facebook/dinov2-base)"),
-    ("max_references", "MAX_REFERENCES", "--max-references",
-     "reference exemplars per label used by SmartSAM, newest first (default 8)"),
-    ("local_files_root", "LOCAL_FILES_DOCUMENT_ROOT", "--local-files-root",
-     "read /data/local-files/?d=... from this folder instead of over HTTP (same value as Label Studio's)"),
-    ("allowed_hosts", "ALLOWED_IMAGE_HOSTS", "--allowed-image-hosts",
-     "comma-separated private/loopback hosts that task image URLs may point to (default none)"),
-    ("max_image_mb", "MAX_IMAGE_MB", "--max-image-mb", "largest image download in MB (default 64)"),
-    ("image_timeout", "IMAGE_TIMEOUT", "--image-timeout", "seconds allowed for one image download (default 30)"),
-    ("mask_data_key", "MASK_DATA_KEY", "--mask-data-key",
-     "task data field holding a draft mask image URL for batch pre-annotation (default mask)"),
+
+class Option(NamedTuple):
+    """One setting: its field, where it lives, its environment variable, its flag and the
+    flag's help (without the variable: the command line appends ``(env VAR)``)."""
+
+    field: str
+    section: Literal["engine", "backend"]
+    env: str
+    flag: str
+    help: str
+
+
+#: Every setting, engine first.  The command line turns each into a string flag whose
+#: value (None when not given) goes to :func:`load_settings` under ``Option.field``;
+#: defaults live on :class:`EngineSettings` and :class:`Settings`.
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "sam_checkpoint",
+        "engine",
+        "SAM_CHECKPOINT",
+        "--sam-checkpoint",
+        "SAM ViT-B/L/H or MobileSAM checkpoint (default: embedded MobileSAM)",
+    ),
+    Option(
+        "device",
+        "engine",
+        "DEVICE",
+        "--device",
+        "auto, cpu, cuda or cuda:N (default auto: CUDA when available)",
+    ),
+    Option(
+        "cache_mb",
+        "engine",
+        "EMBEDDING_CACHE_MB",
+        "--cache-mb",
+        "in-memory image embedding cache bound in MB (default 512)",
+    ),
+    Option(
+        "embedding_dir",
+        "engine",
+        "EMBEDDING_DIR",
+        "--embedding-dir",
+        "also keep embeddings on disk in this folder (default off)",
+    ),
+    Option(
+        "label_studio_url",
+        "backend",
+        "LABEL_STUDIO_URL",
+        "--label-studio-url",
+        "Label Studio address, e.g. http://localhost:8080; task paths like /data/upload/... "
+        "are fetched from it",
+    ),
+    Option(
+        "label_studio_api_key",
+        "backend",
+        "LABEL_STUDIO_API_KEY",
+        "--label-studio-api-key",
+        "Label Studio legacy token or personal access token (sent only to LABEL_STUDIO_URL)",
+    ),
+    Option(
+        "model_dir",
+        "backend",
+        "MODEL_DIR",
+        "--model-dir",
+        "folder for the reference store and refitted router weights (default ./model_dir)",
+    ),
+    Option(
+        "basic_auth_user",
+        "backend",
+        "BASIC_AUTH_USER",
+        "--basic-auth-user",
+        "require HTTP basic auth with this user (set BASIC_AUTH_PASS too)",
+    ),
+    Option(
+        "basic_auth_pass",
+        "backend",
+        "BASIC_AUTH_PASS",
+        "--basic-auth-pass",
+        "password for BASIC_AUTH_USER",
+    ),
+    Option(
+        "refine_variant",
+        "backend",
+        "REFINE_VARIANT",
+        "--refine-variant",
+        "PromptMoE refinement variant for brush drafts (default full)",
+    ),
+    Option(
+        "intent",
+        "backend",
+        "SMARTSAM_SELECTOR",
+        "--selector",
+        "SmartSAM candidate selector for first clicks: none, sam or dinov2 (default sam)",
+    ),
+    Option(
+        "dinov2_model",
+        "backend",
+        "DINOV2_MODEL",
+        "--dinov2-model",
+        "DINOv2 model for the dinov2 selector: a local folder or a hub id "
+        "(default facebook/dinov2-base)",
+    ),
+    Option(
+        "depth_model",
+        "backend",
+        "PROMPTMOE_DEPTH_MODEL",
+        "--depth-model",
+        "depth-estimation model of PromptMoE's depth expert: a local folder or a hub id "
+        "(default none: no depth expert)",
+    ),
+    Option(
+        "max_references",
+        "backend",
+        "MAX_REFERENCES",
+        "--max-references",
+        "reference exemplars per label used by SmartSAM, newest first (default 8)",
+    ),
+    Option(
+        "local_files_root",
+        "backend",
+        "LOCAL_FILES_DOCUMENT_ROOT",
+        "--local-files-root",
+        "read /data/local-files/?d=... from this folder instead of over HTTP (same value as "
+        "Label Studio's)",
+    ),
+    Option(
+        "allowed_hosts",
+        "backend",
+        "ALLOWED_IMAGE_HOSTS",
+        "--allowed-image-hosts",
+        "comma-separated private/loopback hosts that task image URLs may point to (default none)",
+    ),
+    Option(
+        "max_image_mb",
+        "backend",
+        "MAX_IMAGE_MB",
+        "--max-image-mb",
+        "largest image download in MB (default 64)",
+    ),
+    Option(
+        "image_timeout",
+        "backend",
+        "IMAGE_TIMEOUT",
+        "--image-timeout",
+        "seconds allowed for one image download (default 30)",
+    ),
+    Option(
+        "mask_data_key",
+        "backend",
+        "MASK_DATA_KEY",
+        "--mask-data-key",
+        "task data field holding a draft mask image URL for batch pre-annotation (default mask)",
+    ),
 )
 
 
 @dataclass(frozen=True)
+class EngineSettings:
+    """How to build the SAM engine (see :func:`make_engine`)."""
+
+    sam_checkpoint: str | None = None
+    device: str = "auto"
+    cache_mb: float = 512.0
+    embedding_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not self.cache_mb >= 0:
+            raise ValueError(f"EMBEDDING_CACHE_MB must be >= 0, got {self.cache_mb}")
+
+
+@dataclass(frozen=True)
 class Settings:
-    """Everything the backend needs besides the SAM engine options."""
+    """Everything the backend needs; ``engine`` holds the SAM engine options.
+
+    ``intent`` is SmartSAM's intent for first clicks (``none``, ``sam`` or ``dinov2``; set
+    by ``SMARTSAM_SELECTOR`` / ``--selector``); ``depth_model`` enables PromptMoE's depth
+    expert.  Construct it with typed values, or from strings with :func:`load_settings`.
+    """
 
     label_studio_url: str | None = None
     label_studio_api_key: str | None = None
@@ -54,20 +204,18 @@ class Settings:
     basic_auth_user: str | None = None
     basic_auth_pass: str | None = None
     refine_variant: str = "full"
-    selector: str = "sam"
+    intent: str = "sam"
     dinov2_model: str | None = None
+    depth_model: str | None = None
     max_references: int = 8
     local_files_root: Path | None = None
     allowed_hosts: tuple[str, ...] = ()
     max_image_mb: float = 64.0
     image_timeout: float = 30.0
     mask_data_key: str = "mask"
+    engine: EngineSettings = field(default_factory=EngineSettings)
 
     def __post_init__(self) -> None:
-        conv = {f.name: f.type for f in fields(self)}
-        for name, raw in vars(self).items():
-            if isinstance(raw, str) and conv[name] not in ("str", "str | None"):
-                object.__setattr__(self, name, _convert(name, raw))
         if self.label_studio_url:
             object.__setattr__(self, "label_studio_url", self.label_studio_url.rstrip("/"))
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
@@ -75,34 +223,65 @@ class Settings:
         if self.max_references < 0 or self.max_image_mb <= 0 or self.image_timeout <= 0:
             raise ValueError("MAX_REFERENCES must be >= 0, MAX_IMAGE_MB and IMAGE_TIMEOUT > 0")
 
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
-        env = os.environ if environ is None else environ
-        values = {name: env[var] for name, var, _, _ in _BACKEND_OPTIONS if env.get(var)}
-        return cls(**values)
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "Settings":
-        return cls(**{name: getattr(args, name) for name, *_ in _BACKEND_OPTIONS if getattr(args, name) is not None})
+def _path(raw: str) -> Path:
+    return Path(raw).expanduser()
 
 
-def _convert(name: str, raw: str):
-    """Parse the string form of setting ``name`` (from the environment or a flag)."""
-    try:
-        if name == "model_dir" or name == "local_files_root":
-            return Path(raw).expanduser()
-        if name == "allowed_hosts":
-            return tuple(h.strip().lower() for h in raw.split(",") if h.strip())
-        if name == "max_references":
-            return int(raw)
-        return float(raw)
-    except ValueError as exc:
-        raise ValueError(f"setting {name}: cannot parse {raw!r} ({exc})") from exc
+def _hosts(raw: str) -> tuple[str, ...]:
+    return tuple(h.strip().lower() for h in raw.split(",") if h.strip())
 
 
-def add_backend_options(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``promptmoe serve`` (and the server benchmark); env vars give the defaults."""
-    add_engine_options(parser)
-    group = parser.add_argument_group("Label Studio backend")
-    for name, var, flag, text in _BACKEND_OPTIONS:
-        group.add_argument(flag, dest=name, default=os.environ.get(var) or None, help=f"{text} (env {var})")
+#: String parser per field type; fields of other types (``str``, ``str | None``) keep
+#: the string.
+_PARSERS: dict[Any, Callable[[str], Any]] = {
+    int: int,
+    float: float,
+    Path: _path,
+    Path | None: _path,
+    tuple[str, ...]: _hosts,
+}
+_NO_OVERRIDES: Mapping[str, str | None] = MappingProxyType({})
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, overrides: Mapping[str, str | None] = _NO_OVERRIDES
+) -> Settings:
+    """The settings from ``environ`` (default ``os.environ``; empty values count as unset),
+    then every ``overrides`` value that is not None (flag values by ``Option.field``).
+
+    Raises:
+        ValueError: an unknown override, a value that does not parse (the message names
+            the variable or flag) or settings that do not validate.
+    """
+    env = os.environ if environ is None else environ
+    unknown = set(overrides) - {o.field for o in OPTIONS}
+    if unknown:
+        known = ", ".join(o.field for o in OPTIONS)
+        raise ValueError(f"unknown settings {sorted(unknown)}; known: {known}")
+    types = {"engine": get_type_hints(EngineSettings), "backend": get_type_hints(Settings)}
+    values: dict[str, dict[str, Any]] = {"engine": {}, "backend": {}}
+    for option in OPTIONS:
+        raw, source = overrides.get(option.field), option.flag
+        if raw is None:
+            raw, source = env.get(option.env) or None, option.env
+        if raw is None:
+            continue
+        parse = _PARSERS.get(types[option.section][option.field], str)
+        try:
+            values[option.section][option.field] = parse(raw)
+        except ValueError as exc:
+            raise ValueError(f"{source}: cannot parse {raw!r} ({exc})") from exc
+    return Settings(**values["backend"], engine=EngineSettings(**values["engine"]))
+
+
+def make_engine(engine: EngineSettings) -> SamEngine:
+    """The SAM engine these settings describe (loads the checkpoint)."""
+    from promptmoe_plugin.sam import SamEngine
+
+    return SamEngine.create(
+        checkpoint=engine.sam_checkpoint,
+        device=engine.device,
+        cache_mb=engine.cache_mb,
+        disk_cache=engine.embedding_dir,
+    )

@@ -74,7 +74,8 @@ class ImageFetcher:
             raise ImageFetchError(f"mask {url}: not a readable image ({exc})") from exc
         if arr.shape != tuple(shape):
             raise ImageFetchError(
-                f"mask {url} is {arr.shape[1]}x{arr.shape[0]} but the image is {shape[1]}x{shape[0]}"
+                f"mask {url} is {arr.shape[1]}x{arr.shape[0]} but the image is "
+                f"{shape[1]}x{shape[0]}"
             )
         return arr
 
@@ -101,8 +102,8 @@ class ImageFetcher:
         if url.startswith("/") or not urlsplit(url).scheme:
             if not ls_url:
                 raise ImageFetchError(
-                    f"{url} is a Label Studio path: set LABEL_STUDIO_URL (and LABEL_STUDIO_API_KEY) "
-                    "so the backend can download it"
+                    f"{url} is a Label Studio path: set LABEL_STUDIO_URL (and "
+                    "LABEL_STUDIO_API_KEY) so the backend can download it"
                 )
             url = urljoin(ls_url + "/", url.lstrip("/"))
         if urlsplit(url).scheme not in ("http", "https"):
@@ -124,7 +125,9 @@ class ImageFetcher:
         if not path.is_file():
             raise ImageFetchError(f"{url}: no file {path} under LOCAL_FILES_DOCUMENT_ROOT={root}")
         if path.stat().st_size > self.settings.max_image_mb * 2**20:
-            raise ImageFetchError(f"{url}: file is larger than MAX_IMAGE_MB={self.settings.max_image_mb:g}")
+            raise ImageFetchError(
+                f"{url}: file is larger than MAX_IMAGE_MB={self.settings.max_image_mb:g}"
+            )
         return path.read_bytes()
 
     def _is_label_studio(self, url: str) -> bool:
@@ -146,7 +149,13 @@ class ImageFetcher:
             raise ImageFetchError(f"{url}: cannot resolve host {host} ({exc})") from exc
         for info in infos:
             ip = ipaddress.ip_address(info[4][0])
-            if ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_multicast:
+            if (
+                ip.is_private
+                or ip.is_loopback
+                or ip.is_link_local
+                or ip.is_reserved
+                or ip.is_multicast
+            ):
                 raise ImageFetchError(
                     f"{url}: host {host} is a private/loopback address ({ip}); add it to "
                     "ALLOWED_IMAGE_HOSTS to allow it"
@@ -167,13 +176,18 @@ class ImageFetcher:
         """Trade a personal access token (a refresh JWT) for a short-lived access JWT."""
         url = f"{self.settings.label_studio_url}/api/token/refresh/"
         try:
-            r = self.session.post(url, json={"refresh": refresh_token}, timeout=self.settings.image_timeout)
+            r = self.session.post(
+                url, json={"refresh": refresh_token}, timeout=self.settings.image_timeout
+            )
         except requests.RequestException as exc:
-            raise ImageFetchError(f"{url}: cannot reach Label Studio to refresh the token ({exc})") from exc
+            raise ImageFetchError(
+                f"{url}: cannot reach Label Studio to refresh the token ({exc})"
+            ) from exc
         if r.status_code != 200 or "access" not in r.text:
             raise ImageFetchError(
-                f"{url}: HTTP {r.status_code}: LABEL_STUDIO_API_KEY was taken for a personal access "
-                "token but Label Studio refused it; check the token (or use the legacy token)"
+                f"{url}: HTTP {r.status_code}: LABEL_STUDIO_API_KEY was taken for a personal "
+                "access token but Label Studio refused it; check the token (or use the legacy "
+                "token)"
             )
         return r.json()["access"]
 
@@ -198,13 +212,17 @@ class ImageFetcher:
             size = int(r.headers.get("Content-Length") or 0)
             if size > limit:
                 r.close()
-                raise ImageFetchError(f"{url}: {size / 2**20:.1f} MB is above MAX_IMAGE_MB={limit / 2**20:g}")
+                raise ImageFetchError(
+                    f"{url}: {size / 2**20:.1f} MB is above MAX_IMAGE_MB={limit / 2**20:g}"
+                )
             chunks, total = [], 0
             try:
                 for chunk in r.iter_content(1 << 16):
                     total += len(chunk)
                     if total > limit:
-                        raise ImageFetchError(f"{url}: download exceeds MAX_IMAGE_MB={limit / 2**20:g}")
+                        raise ImageFetchError(
+                            f"{url}: download exceeds MAX_IMAGE_MB={limit / 2**20:g}"
+                        )
                     if time.monotonic() > deadline:
                         raise ImageFetchError(f"{url}: download took longer than IMAGE_TIMEOUT")
                     chunks.append(chunk)
@@ -215,11 +233,15 @@ class ImageFetcher:
             return b"".join(chunks)
         raise ImageFetchError(f"{url}: more than {_MAX_REDIRECTS} redirects")
 
-    def _get(self, url: str, to_ls: bool, deadline: float, refresh: bool = False) -> requests.Response:
+    def _get(
+        self, url: str, to_ls: bool, deadline: float, refresh: bool = False
+    ) -> requests.Response:
         headers = self._auth_header(refresh) if to_ls else {}
         timeout = max(0.1, deadline - time.monotonic())
         try:
-            return self.session.get(url, headers=headers, timeout=timeout, stream=True, allow_redirects=False)
+            return self.session.get(
+                url, headers=headers, timeout=timeout, stream=True, allow_redirects=False
+            )
         except requests.Timeout as exc:
             raise ImageFetchError(f"{url}: no answer within IMAGE_TIMEOUT ({exc})") from exc
         except requests.RequestException as exc:
@@ -233,7 +255,10 @@ class ImageFetcher:
                 else "set LABEL_STUDIO_API_KEY (Account & Settings -> Access token)"
             )
         elif status in (401, 403):
-            hint = "the image host needs credentials the backend does not send (the Label Studio token goes only to LABEL_STUDIO_URL)"
+            hint = (
+                "the image host needs credentials the backend does not send (the Label Studio "
+                "token goes only to LABEL_STUDIO_URL)"
+            )
         elif status == 404:
             hint = "no such file; was the task's file deleted or the storage moved?"
         else:

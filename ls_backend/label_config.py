@@ -49,11 +49,14 @@ def parse_label_config(config: str) -> LabelConfig:
     except Exception as exc:  # the SDK raises lxml, KeyError or its own errors
         raise LabelConfigError(f"cannot parse the labeling config: {exc}") from exc
     images = {o.name: o for o in interface.objects if o.tag.lower() == "image"}
-    brushes = [c for c in interface.controls if c.tag.lower() == "brushlabels" and c.to_name[0] in images]
+    brushes = [
+        c for c in interface.controls if c.tag.lower() == "brushlabels" and c.to_name[0] in images
+    ]
     if not brushes:
         raise LabelConfigError(
             "the labeling config has no <BrushLabels> on an <Image>; this backend writes brush "
-            'masks, add e.g. <BrushLabels name="brush" toName="image"><Label value="Cat"/></BrushLabels>'
+            'masks, add e.g. <BrushLabels name="brush" toName="image"><Label value="Cat"/>'
+            "</BrushLabels>"
         )
     brush = brushes[0]
     if not brush.labels:
@@ -65,7 +68,11 @@ def parse_label_config(config: str) -> LabelConfig:
         for c in interface.controls
         if c.tag.lower() in kinds and c.to_name[0] == image.name
     )
-    polygons = [c.name for c in interface.controls if c.tag.lower() == "polygonlabels" and c.to_name[0] == image.name]
+    polygons = [
+        c.name
+        for c in interface.controls
+        if c.tag.lower() == "polygonlabels" and c.to_name[0] == image.name
+    ]
     return LabelConfig(
         polygon_from=polygons[0] if polygons else None,
         brush_from=brush.name,

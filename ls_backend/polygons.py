@@ -6,7 +6,9 @@ import cv2
 import numpy as np
 
 
-def mask_to_polygons(mask: np.ndarray, tolerance: float = 1.0, min_area: float = 16.0) -> list[np.ndarray]:
+def mask_to_polygons(
+    mask: np.ndarray, tolerance: float = 1.0, min_area: float = 16.0
+) -> list[np.ndarray]:
     """Outer contours of ``mask`` ``(H, W) bool`` (image frame) as ``(K, 2) float64`` x, y
     pixel polygons with ``K >= 3``, simplified to ``tolerance`` pixels (Douglas-Peucker).
 

@@ -4,7 +4,8 @@ One SQLite file (WAL journal, ``synchronous=FULL``): every write is one transact
 a crash mid-write loses nothing already committed and never leaves half a write.
 
 * **references**: each brush region of a submitted annotation, a labelled exemplar of its
-  label for SmartSAM, with the selector's reference features cached per selector;
+  label for SmartSAM, with SmartSAM's intent features of it cached per intent (the
+  ``selector`` column keeps its name, so existing stores stay readable);
 * **drafts**: the latest brush draft the backend refined for (project, task, label);
 * **pairs**: (draft, final) masks of a task once it is annotated, to refit the router;
 * **routers**: refitted router weights; the newest is the current model version.
@@ -23,7 +24,7 @@ import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -121,7 +122,12 @@ class ReferenceStore:
 
     # ------------------------------------------------------------------ references
     def replace_annotation(
-        self, project: str, annotation: int, task: int, image_url: str, regions: list[tuple[str, str, np.ndarray]]
+        self,
+        project: str,
+        annotation: int,
+        task: int,
+        image_url: str,
+        regions: list[tuple[str, str, np.ndarray]],
     ) -> None:
         """Make ``regions`` ``[(region_id, label, mask (H, W) bool), ...]`` the references of
         ``annotation`` (earlier ones of that annotation are dropped), in one transaction."""
@@ -131,7 +137,17 @@ class ReferenceStore:
             for i, (region, label, mask) in enumerate(regions):
                 db.execute(
                     "INSERT INTO refs VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    (project, annotation, region, task, label, image_url, *mask.shape, pack_mask(mask), now + i * 1e-6),
+                    (
+                        project,
+                        annotation,
+                        region,
+                        task,
+                        label,
+                        image_url,
+                        *mask.shape,
+                        pack_mask(mask),
+                        now + i * 1e-6,
+                    ),
                 )
 
     def delete_annotation(self, project: str | None, annotation: int) -> int:
@@ -143,8 +159,14 @@ class ReferenceStore:
             return self._delete_annotation(db, project, annotation, pairs=True)
 
     @staticmethod
-    def _delete_annotation(db: sqlite3.Connection, project: str | None, annotation: int, pairs: bool) -> int:
-        where, args = ("project=? AND annotation=?", (project, annotation)) if project else ("annotation=?", (annotation,))
+    def _delete_annotation(
+        db: sqlite3.Connection, project: str | None, annotation: int, pairs: bool
+    ) -> int:
+        where, args = (
+            ("project=? AND annotation=?", (project, annotation))
+            if project
+            else ("annotation=?", (annotation,))
+        )
         n = db.execute(f"DELETE FROM refs WHERE {where}", args).rowcount
         db.execute(f"DELETE FROM ref_features WHERE {where}", args)
         if pairs:
@@ -159,23 +181,34 @@ class ReferenceStore:
                 "WHERE project=? AND label=? ORDER BY created DESC LIMIT ?",
                 (project, label, limit),
             ).fetchall()
-        return [Reference(project, a, r, label, url, unpack_mask(m, h, w)) for a, r, url, h, w, m in rows]
+        return [
+            Reference(project, a, r, label, url, unpack_mask(m, h, w))
+            for a, r, url, h, w, m in rows
+        ]
 
     def count(self, project: str | None = None) -> dict[str, int]:
         """Number of references per label (of one project, or all)."""
-        q = "SELECT label, COUNT(*) FROM refs" + (" WHERE project=?" if project else "") + " GROUP BY label"
+        q = (
+            "SELECT label, COUNT(*) FROM refs"
+            + (" WHERE project=?" if project else "")
+            + " GROUP BY label"
+        )
         with self._tx() as db:
             return dict(db.execute(q, (project,) if project else ()).fetchall())
 
-    def features(self, ref: Reference, selector: str) -> np.ndarray | None:
+    def features(self, ref: Reference, intent: str) -> np.ndarray | None:
+        """The stored features of ``ref`` for the intent named ``intent``, or None."""
         with self._tx() as db:
             row = db.execute(
-                "SELECT data FROM ref_features WHERE project=? AND annotation=? AND region=? AND selector=?",
-                (ref.project, ref.annotation, ref.region, selector),
+                "SELECT data FROM ref_features "
+                "WHERE project=? AND annotation=? AND region=? AND selector=?",
+                (ref.project, ref.annotation, ref.region, intent),
             ).fetchone()
         return None if row is None else np.load(io.BytesIO(row[0]), allow_pickle=False)
 
-    def put_features(self, ref: Reference, selector: str, features: np.ndarray) -> None:
+    def put_features(self, ref: Reference, intent: str, features: np.ndarray) -> None:
+        """Keep ``features`` of ``ref`` for the intent named ``intent`` (unless ``ref`` was
+        deleted meanwhile)."""
         buf = io.BytesIO()
         np.save(buf, np.asarray(features), allow_pickle=False)
         with self._tx() as db:
@@ -185,11 +218,13 @@ class ReferenceStore:
             ).fetchone():
                 db.execute(
                     "INSERT OR REPLACE INTO ref_features VALUES (?,?,?,?,?)",
-                    (ref.project, ref.annotation, ref.region, selector, buf.getvalue()),
+                    (ref.project, ref.annotation, ref.region, intent, buf.getvalue()),
                 )
 
     # ------------------------------------------------------------------ drafts and pairs
-    def put_draft(self, project: str, task: int, label: str, image_url: str, mask: np.ndarray) -> None:
+    def put_draft(
+        self, project: str, task: int, label: str, image_url: str, mask: np.ndarray
+    ) -> None:
         """Remember the draft ``(H, W) bool`` (union of the label's draft regions) that the
         backend refined for (task, label)."""
         with self._tx() as db:
@@ -198,7 +233,9 @@ class ReferenceStore:
                 (project, task, label, image_url, *mask.shape, pack_mask(mask), time.time()),
             )
 
-    def pair_annotation(self, project: str, annotation: int, task: int, finals: dict[str, np.ndarray]) -> int:
+    def pair_annotation(
+        self, project: str, annotation: int, task: int, finals: dict[str, np.ndarray]
+    ) -> int:
         """Store a (draft, final) pair for each label of ``finals`` ``{label: (H, W) bool}``
         (the union of the annotation's regions of that label) whose (task, label) had a
         draft; returns how many pairs were stored."""
@@ -207,23 +244,40 @@ class ReferenceStore:
             db.execute("DELETE FROM pairs WHERE project=? AND annotation=?", (project, annotation))
             for label, final in finals.items():
                 row = db.execute(
-                    "SELECT image_url, height, width, mask FROM drafts WHERE project=? AND task=? AND label=?",
+                    "SELECT image_url, height, width, mask FROM drafts "
+                    "WHERE project=? AND task=? AND label=?",
                     (project, task, label),
                 ).fetchone()
                 if row is None or (row[1], row[2]) != final.shape:
                     continue
                 db.execute(
                     "INSERT INTO pairs VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    (project, annotation, label, task, row[0], row[1], row[2], row[3], pack_mask(final), time.time()),
+                    (
+                        project,
+                        annotation,
+                        label,
+                        task,
+                        row[0],
+                        row[1],
+                        row[2],
+                        row[3],
+                        pack_mask(final),
+                        time.time(),
+                    ),
                 )
                 n += 1
         return n
 
     def pairs(self, project: str | None = None) -> list[Pair]:
-        q = "SELECT label, image_url, height, width, draft, final FROM pairs" + (" WHERE project=?" if project else "")
+        q = "SELECT label, image_url, height, width, draft, final FROM pairs" + (
+            " WHERE project=?" if project else ""
+        )
         with self._tx() as db:
             rows = db.execute(q + " ORDER BY created", (project,) if project else ()).fetchall()
-        return [Pair(lab, url, unpack_mask(d, h, w), unpack_mask(f, h, w)) for lab, url, h, w, d, f in rows]
+        return [
+            Pair(lab, url, unpack_mask(d, h, w), unpack_mask(f, h, w))
+            for lab, url, h, w, d, f in rows
+        ]
 
     # ------------------------------------------------------------------ router versions
     def add_router(self, path: Path, pairs: int, figures: dict) -> int:
@@ -239,5 +293,7 @@ class ReferenceStore:
     def current_router(self) -> tuple[int, Path] | None:
         """(version, weights path) of the newest refitted router, or None."""
         with self._tx() as db:
-            row = db.execute("SELECT version, path FROM routers ORDER BY version DESC LIMIT 1").fetchone()
+            row = db.execute(
+                "SELECT version, path FROM routers ORDER BY version DESC LIMIT 1"
+            ).fetchone()
         return None if row is None else (row[0], Path(row[1]))

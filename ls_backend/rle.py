@@ -17,7 +17,7 @@ The encoder writes what ``label_studio_sdk.converter.brush.mask2rle`` writes (fi
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -135,7 +135,9 @@ def decode_words(rle: Sequence[int] | bytes, expected: int | None = None) -> np.
         count = reader.read(sizes[reader.read(2)]) + 1
         if pos + count > num:
             raise RLEError(f"RLE chunk runs past the announced {num} values")
-        out[pos : pos + count] = reader.read(word_size) if repeat else reader.read_many(count, word_size)
+        out[pos : pos + count] = (
+            reader.read(word_size) if repeat else reader.read_many(count, word_size)
+        )
         pos += count
     return out
 

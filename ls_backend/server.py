@@ -4,14 +4,13 @@ Endpoints: ``GET /`` and ``/health``, ``POST /setup``, ``POST /predict``,
 ``POST /webhook``, ``GET /metrics``.  Bad input gets a 4xx JSON ``{"status", "detail"}``
 saying what is wrong; an unexpected failure gets a 500 JSON and the server keeps serving.
 
-Production: ``gunicorn --workers 1 --threads 4 'ls_backend.server:app_factory()'`` (the
+Production: ``gunicorn --workers 1 --threads 4 'promptmoe_cli.wsgi:app_factory()'`` (the
 model is loaded and warmed up when the worker starts, never inside ``/setup``).
 Development: ``promptmoe serve``.
 """
 
 from __future__ import annotations
 
-import argparse
 import hmac
 import logging
 import threading
@@ -21,10 +20,11 @@ from collections import defaultdict
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from .config import Settings
+from .config import Settings, load_settings, make_engine
 from .images import ImageFetchError
 from .label_config import LabelConfigError
-from .model import PromptMoEModel, TaskError
+from .model import PromptMoEModel
+from .tasks import TaskError
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,9 @@ def create_app(model: PromptMoEModel) -> Flask:
         )
         if ok:
             return None
-        resp = _error(401, "basic auth required: set the ML backend's user and password in Label Studio")
+        resp = _error(
+            401, "basic auth required: set the ML backend's user and password in Label Studio"
+        )
         resp.headers["WWW-Authenticate"] = 'Basic realm="promptmoe"'
         return resp
 
@@ -126,8 +128,12 @@ def create_app(model: PromptMoEModel) -> Flask:
     @app.get("/")
     @app.get("/health")
     def health():
-        return jsonify(status="UP", model_class=type(model).__name__, model_version=model.model_version,
-                       sam_model=model.engine.model_id)
+        return jsonify(
+            status="UP",
+            model_class=type(model).__name__,
+            model_version=model.model_version,
+            sam_model=model.engine.model_id,
+        )
 
     @app.post("/setup")
     def setup():
@@ -154,7 +160,9 @@ def create_app(model: PromptMoEModel) -> Flask:
         if context and not isinstance(context.get("result", []), list):
             raise BadRequest("params.context.result must be a list of regions")
         try:
-            results = model.predict(tasks, context=context, project=data.get("project"), label_config=config)
+            results = model.predict(
+                tasks, context=context, project=data.get("project"), label_config=config
+            )
         except LabelConfigError as exc:
             raise BadRequest(str(exc), 422) from exc
         if context and len(results) == 1 and "error" in results[0]:
@@ -180,40 +188,44 @@ def create_app(model: PromptMoEModel) -> Flask:
         return jsonify(
             requests=metrics.snapshot(),
             model_version=model.model_version,
-            engine={"encodes": stats.encodes, "encode_seconds": stats.encode_seconds, "decode_calls": stats.decode_calls,
-                    "cache_entries": stats.cache.entries, "cache_mb": stats.cache.bytes / 2**20,
-                    "cache_capacity_mb": stats.cache.capacity_bytes / 2**20},
+            engine={
+                "encodes": stats.encodes,
+                "encode_seconds": stats.encode_seconds,
+                "decode_calls": stats.decode_calls,
+                "cache_entries": stats.cache.entries,
+                "cache_mb": stats.cache.bytes / 2**20,
+                "cache_capacity_mb": stats.cache.capacity_bytes / 2**20,
+            },
             references=model.store.count(),
         )
 
     return app
 
 
-def load_model(args: argparse.Namespace | None = None) -> PromptMoEModel:
-    """Build the engine and the model from flags (or the environment) and warm it up."""
-    from promptmoe_plugin.cli import build_parser, make_engine
-
-    from .cli import add_serve
-
-    if args is None:
-        args = build_parser([add_serve]).parse_args(["serve"])
-    settings = Settings.from_args(args)
-    model = PromptMoEModel(make_engine(args), settings)
+def load_model(settings: Settings) -> PromptMoEModel:
+    """Build the engine and the model from ``settings`` and warm it up."""
+    model = PromptMoEModel(make_engine(settings.engine), settings)
     start = time.perf_counter()
     model.warm_up()
-    log.info("model %s warmed up in %.1fs (MODEL_DIR=%s)", model.model_version, time.perf_counter() - start,
-             settings.model_dir)
+    log.info(
+        "model %s warmed up in %.1fs (MODEL_DIR=%s)",
+        model.model_version,
+        time.perf_counter() - start,
+        settings.model_dir,
+    )
     return model
 
 
 def app_factory() -> Flask:
-    """Gunicorn entry point: settings from the environment, model loaded at start."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return create_app(load_model())
+    """Gunicorn entry point: settings from the environment, model loaded at start.
+
+    Logging is the caller's to configure (the command line does); under bare gunicorn the
+    backend's warnings and errors still reach stderr."""
+    return create_app(load_model(load_settings()))
 
 
-def serve(args: argparse.Namespace) -> None:
+def serve(settings: Settings, host: str = "0.0.0.0", port: int = 9090) -> None:
     """Load the model once (warm-up), then serve with Flask's development server."""
-    model = load_model(args)
-    log.info("serving %s on http://%s:%d", model.model_version, args.host, args.port)
-    create_app(model).run(host=args.host, port=args.port, threaded=True)
+    model = load_model(settings)
+    log.info("serving %s on http://%s:%d", model.model_version, host, port)
+    create_app(model).run(host=host, port=port, threaded=True)

@@ -13,9 +13,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .experts.geometry import edge_distance, tight_box, to_image_frame
+from .experts.geometry import edge_distance, tight_box
 from .ppe import place_points
 from .sam import ImageEmbedding, Prompt
+from .sam.frames import working_to_image
 
 #: DualSight constants: box growth, number of positives, ring width (share of long side).
 DUALSIGHT_BOX_GROWTH = 0.10
@@ -32,7 +33,9 @@ def dualsight_prompt(emb: ImageEmbedding, mask: np.ndarray, rng: np.random.Gener
     """DualSight-style prompt for the working-frame ``(h, w) bool`` mask; image pixels."""
     h, w = mask.shape
     long_side = max(h, w)
-    positives = place_points(edge_distance(mask), mask, k=DUALSIGHT_POINTS, radius=max(5.0, 0.01 * long_side))
+    positives = place_points(
+        edge_distance(mask), mask, k=DUALSIGHT_POINTS, radius=max(5.0, 0.01 * long_side)
+    )
     x0, y0, x1, y1 = tight_box(mask)
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     hw, hh = (x1 - x0) / 2 * (1 + DUALSIGHT_BOX_GROWTH), (y1 - y0) / 2 * (1 + DUALSIGHT_BOX_GROWTH)
@@ -45,9 +48,11 @@ def dualsight_prompt(emb: ImageEmbedding, mask: np.ndarray, rng: np.random.Gener
         i = int(rng.integers(len(ys)))
         points = np.vstack([positives, [[xs[i], ys[i]]]])
         labels = np.append(labels, 0)
-    return Prompt(points=to_image_frame(emb, points), labels=labels, box=to_image_frame(emb, box))
+    return Prompt(
+        points=working_to_image(emb, points), labels=labels, box=working_to_image(emb, box)
+    )
 
 
 def sam_box_prompt(emb: ImageEmbedding, mask: np.ndarray) -> Prompt:
     """The tight box of the working-frame ``(h, w) bool`` mask, in image pixels."""
-    return Prompt(box=to_image_frame(emb, tight_box(mask)))
+    return Prompt(box=working_to_image(emb, tight_box(mask)))

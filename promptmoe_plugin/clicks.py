@@ -56,7 +56,9 @@ class SamClickSession:
         self.points.append((float(x), float(y)))
         self.labels.append(1 if positive else 0)
         first = self.logits is None
-        prompt = Prompt(points=np.array(self.points), labels=np.array(self.labels), mask_logits=self.logits)
+        prompt = Prompt(
+            points=np.array(self.points), labels=np.array(self.labels), mask_logits=self.logits
+        )
         out = self.engine.decode(self.emb, [prompt], multimask=first and self.multimask_first)
         if first:
             self.candidates = out.masks[0]

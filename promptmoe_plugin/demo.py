@@ -40,6 +40,9 @@ def run_demo(engine: SamEngine, out: Path, image_path: str | None = None) -> np.
     Image.fromarray(overlay).save(out)
     log.info(
         "clicked (%.0f, %.0f): mask of %d px, predicted IoU %.3f; overlay written to %s",
-        *click, int(mask.sum()), session.score, out,
+        *click,
+        int(mask.sum()),
+        session.score,
+        out,
     )
     return mask

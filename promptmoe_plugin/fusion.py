@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -29,10 +29,14 @@ def fuse(maps: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
         ``(h, w) float32`` saliency in [0, 1]; a single map is only min-max scaled.
     """
     if len(maps) == 0 or len(maps) != len(weights):
-        raise ValueError(f"fuse needs one weight per map, got {len(maps)} maps and {len(weights)} weights")
+        raise ValueError(
+            f"fuse needs one weight per map, got {len(maps)} maps and {len(weights)} weights"
+        )
     w = np.asarray(weights, np.float32)
     if (w < 0).any() or w.sum() <= 0:
-        raise ValueError(f"fusion weights must be non-negative with a positive sum, got {w.tolist()}")
+        raise ValueError(
+            f"fusion weights must be non-negative with a positive sum, got {w.tolist()}"
+        )
     stack = np.stack(maps).astype(np.float32)
     blend = minmax(np.tensordot(w / w.sum(), stack, axes=1))
     if len(maps) == 1:

@@ -9,14 +9,14 @@ from __future__ import annotations
 import io
 import logging
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
 
-ImageSource = Union[str, Path, bytes, BinaryIO]
+ImageSource = str | Path | bytes | BinaryIO
 
 #: Refuse images above this many pixels (a 8000x6000 photo is 48 MP).  SAM works at a
 #: long side of 1024, so larger inputs buy nothing.

@@ -54,7 +54,7 @@ def draw_overlay(
         draw.rectangle([float(v) for v in box], outline=BOX, width=width)
     if points is not None:
         labels = np.ones(len(points), int) if labels is None else labels
-        for (x, y), label in zip(np.asarray(points, float), labels):
+        for (x, y), label in zip(np.asarray(points, float), labels, strict=True):
             colour = POSITIVE if label == 1 else NEGATIVE
             draw.ellipse([x - r, y - r, x + r, y + r], fill=colour, outline=(0, 0, 0))
     return np.asarray(pil)

@@ -2,22 +2,21 @@
 
 Everything here works on masks in SAM's *working* frame ``(h, w)`` (long side 1024):
 points and boxes come out in working-frame pixels, ``(x, y)``;
-:func:`~promptmoe_plugin.experts.geometry.to_image_frame` maps them to image pixels for :class:`~promptmoe_plugin.sam.Prompt`.  The mask prompt
-comes out in SAM's ``256 x 256`` low-res padded frame.
+:func:`~promptmoe_plugin.sam.frames.working_to_image` maps them to image pixels for
+:class:`~promptmoe_plugin.sam.Prompt`.  The mask prompt comes out in SAM's ``256 x 256``
+low-res padded frame.
 """
 
 from __future__ import annotations
 
 import math
 
-import cv2
 import numpy as np
 
-from .experts.geometry import inner_distance, tight_box, to_image_frame
-from .sam import LOW_RES, ImageEmbedding, Prompt
+from .experts.geometry import inner_distance, tight_box
+from .sam import IMAGE_SIZE, ImageEmbedding, Prompt
+from .sam.frames import plane_to_lowres, working_to_image
 
-#: SAM's padded input side.
-PAD_SIDE = 1024
 #: Mask-prompt shape (gamma) and magnitude (strength) of SAMRefiner's Gaussian prompt.
 GAMMA = 4.0
 STRENGTH = 30.0
@@ -103,16 +102,11 @@ def negative_point(mask: np.ndarray) -> np.ndarray | None:
     return np.array([x0 + px, y0 + py], np.float64)
 
 
-def _to_low_res(plane: np.ndarray, pad_value: float) -> np.ndarray:
-    """Pad a working-frame ``(h, w)`` float plane to 1024x1024 and resize to 256x256."""
-    h, w = plane.shape
-    padded = np.full((PAD_SIDE, PAD_SIDE), pad_value, np.float32)
-    padded[:h, :w] = plane
-    return cv2.resize(padded, (LOW_RES, LOW_RES), interpolation=cv2.INTER_LINEAR)
-
-
 def gaussian_mask_prompt(
-    mask: np.ndarray, gamma: float = GAMMA, strength: float = STRENGTH, scale: np.ndarray | None = None
+    mask: np.ndarray,
+    gamma: float = GAMMA,
+    strength: float = STRENGTH,
+    scale: np.ndarray | None = None,
 ) -> np.ndarray:
     """SAMRefiner's soft mask prompt, ``(256, 256) float32`` logits in SAM's low-res frame.
 
@@ -128,7 +122,7 @@ def gaussian_mask_prompt(
         scale: optional ``(h, w) float32`` in (0, 1], same frame, multiplying the Gaussian
             inside the mask (PromptMoE's saliency-shaped prompt); None: SAMRefiner's.
     """
-    if mask.shape[0] > PAD_SIDE or mask.shape[1] > PAD_SIDE:
+    if mask.shape[0] > IMAGE_SIZE or mask.shape[1] > IMAGE_SIZE:
         raise ValueError(f"mask must be in the working frame (long side 1024), got {mask.shape}")
     dist = inner_distance(mask)
     area = float(mask.sum())
@@ -137,8 +131,8 @@ def gaussian_mask_prompt(
     g = np.where(mask, np.exp(-((dist - dist.max()) ** 2) / (area / gamma)), 0).astype(np.float32)
     if scale is not None:
         g *= scale
-    sign = _to_low_res(np.where(mask, 1.0, -1.0).astype(np.float32), -1.0)
-    g_low = _to_low_res(g, 0.0)
+    sign = plane_to_lowres(np.where(mask, 1.0, -1.0).astype(np.float32), -1.0)
+    g_low = plane_to_lowres(g, 0.0)
     g_low[g_low <= 0] = 1.0
     return np.where(sign > 0, strength * g_low, -strength).astype(np.float32)
 
@@ -164,8 +158,8 @@ def refinement_prompt(
         points = np.vstack([positives, negative[None]])
         labels = np.append(labels, 0)
     return Prompt(
-        points=to_image_frame(emb, points) if len(points) else None,
+        points=working_to_image(emb, points) if len(points) else None,
         labels=labels if len(points) else None,
-        box=to_image_frame(emb, tight_box(mask)),
+        box=working_to_image(emb, tight_box(mask)),
         mask_logits=gaussian_mask_prompt(mask, gamma, strength, scale),
     )

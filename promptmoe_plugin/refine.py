@@ -1,9 +1,9 @@
 """Mask refinement behind one function: PromptMoE variants and the baselines.
 
-``refine(engine, image, coarse, variant)`` embeds the image once (through the engine's
-cache), moves the coarse mask to SAM's working frame (long side 1024), builds expert maps,
-fuses them, places prompts and decodes there, and only upsamples the final low-res
-logits to the image frame.
+``refine(engine, image, coarse, variant, config)`` embeds the image once (through the
+engine's cache), moves the coarse mask to SAM's working frame (long side 1024), builds
+expert maps, fuses them, places prompts and decodes there, and only upsamples the final
+low-res logits to the image frame.
 
 Variants: ``full`` (the selector picks 2 of the available experts), ``lite`` (the selector
 over the six cheap experts), ``dense`` (all available experts, equal weights), and the
@@ -16,50 +16,147 @@ prompts) and the one SAM is more stable about is returned (``stable_pick``).
 
 from __future__ import annotations
 
-import argparse
 import logging
+import numbers
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from .cli import add_engine_options, make_engine, write_json
 from .baselines import dualsight_prompt, sam_box_prompt, samrefiner_points
-from .experts import CHEAP_EXPERTS, EXPERTS, ExpertInput, available_experts, depth_estimator, expert_maps
-from .experts.geometry import mask_iou, to_working
+from .configs import parse_fields
+from .experts import (
+    CHEAP_EXPERTS,
+    EXPERTS,
+    DepthEstimator,
+    ExpertInput,
+    available_experts,
+    expert_maps,
+)
 from .fusion import fuse
+from .masks import mask_iou
 from .ppe import GAMMA, STRENGTH, place_points, refinement_prompt
 from .router import Router, context_features, load_router
 from .sam import ImageEmbedding, Prompt, SamEngine, stability_score
+from .sam.frames import mask_to_working
 
 log = logging.getLogger(__name__)
 
 VARIANTS = ("full", "lite", "dense", "samrefiner", "dualsight", "sam-box", "unrefined")
 
-#: Defaults of the options ``refine`` accepts.  The paper's PPE settings are k=5,
-#: lambda=0.05, gamma=4, strength=30 with a plain Gaussian mask prompt, and no gate (k=5,
-#: prompt_mix=1, agreement_power=0, anchor=False, box_gate=None, stable_pick=False here); with
-#: MobileSAM every extra positive point cost accuracy, and the box gate, the stable pick and
-#: the two image-informed mask-prompt settings below gained it (README, "Refinement").
-DEFAULTS: dict[str, Any] = {
-    "k": 1,  # PPE positives
-    "lam": 0.05,  # PPE suppressed share of the mask per point
-    "floor": 0.0,  # PPE: eligible pixels have saliency >= floor * max
-    "anchor": True,  # PPE: first positive at the mask's interior distance peak, then saliency peaks
-    "prompt_mix": 0.5,  # mask-prompt Gaussian times (prompt_mix + (1 - prompt_mix) * saliency); 1: SAMRefiner's
-    "agreement_power": 2.0,  # mask-prompt strength times IoU(SAM's box answer, coarse) ** agreement_power; 0: off
-    "box_gate": 0.6,  # return SAM's box answer when its IoU with the coarse mask exceeds this; None: off
-    "stable_pick": True,  # where the experts ran, return their answer or the plain mask-prompt one, whichever is more stable
-    "iterations": 3,  # prompt -> decode rounds (full, lite, dense, samrefiner); SAMRefiner uses 5, 3 saves CPU time
-    "gamma": GAMMA,
-    "strength": STRENGTH,
-    "budget": 2,  # experts the selector keeps
-    "grid": 6,  # SAM-everything grid side
-    "depth_model": None,  # path or hub id; default $PROMPTMOE_DEPTH_MODEL; None: no depth expert
-    "router": None,  # Router, weights path, or None for the shipped weights
-    "experts": None,  # fixed experts (names or "a,b"), equal weights, instead of the selector
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _known_experts(value: Any) -> bool:
+    return isinstance(value, tuple) and len(value) > 0 and set(value) <= set(EXPERTS)
+
+
+#: Per field of :class:`RefineConfig`: the test a value must pass and what it must be.
+_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "k": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "lam": (lambda v: _is_real(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "floor": (lambda v: _is_real(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "anchor": (lambda v: isinstance(v, bool), "true or false"),
+    "prompt_mix": (lambda v: _is_real(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "agreement_power": (lambda v: _is_real(v) and v >= 0, "a number >= 0"),
+    "box_gate": (
+        lambda v: v is None or (_is_real(v) and 0 <= v <= 1),
+        "a number in [0, 1] or None (off)",
+    ),
+    "stable_pick": (lambda v: isinstance(v, bool), "true or false"),
+    "iterations": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "gamma": (lambda v: _is_real(v) and v > 0, "a number > 0"),
+    "strength": (lambda v: _is_real(v) and v >= 0, "a number >= 0"),
+    "budget": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "grid": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "experts": (
+        lambda v: v is None or _known_experts(v),
+        f"None (the selector) or a non-empty tuple of names from {', '.join(EXPERTS)}",
+    ),
 }
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """Every setting of :func:`refine`.
+
+    The defaults are tuned for MobileSAM: with it every extra positive point cost
+    accuracy, and the box gate, the stable pick and the two image-informed mask-prompt
+    settings gained it (README, "Refinement").  :data:`PAPER_REFINE` is the paper's PPE.
+
+    Attributes:
+        k: PPE positives.
+        lam: PPE: share of the mask suppressed around each point, in [0, 1).
+        floor: PPE: eligible pixels have saliency >= ``floor`` times the maximum.
+        anchor: PPE: the first positive at the mask's interior distance peak, then the
+            saliency peaks.
+        prompt_mix: the mask prompt's Gaussian times ``prompt_mix + (1 - prompt_mix) *
+            saliency``; 1 is SAMRefiner's plain Gaussian.
+        agreement_power: mask-prompt strength times ``IoU(SAM's box answer, coarse) **
+            agreement_power``; 0 is off.
+        box_gate: return SAM's box answer when its IoU with the coarse mask exceeds this;
+            None is off.
+        stable_pick: where the experts ran, return their answer or the plain mask-prompt
+            one, whichever SAM is more stable about.
+        iterations: prompt -> decode rounds (full, lite, dense, samrefiner); SAMRefiner
+            uses 5, 3 saves CPU time.
+        gamma, strength: shape and magnitude of the Gaussian mask prompt.
+        budget: experts the selector keeps.
+        grid: points per side of the SAM-everything grid.
+        experts: fixed experts with equal weights instead of the selector, or None.
+
+    Raises:
+        ValueError: a field out of range or of the wrong type (the message names it).
+    """
+
+    k: int = 1
+    lam: float = 0.05
+    floor: float = 0.0
+    anchor: bool = True
+    prompt_mix: float = 0.5
+    agreement_power: float = 2.0
+    box_gate: float | None = 0.6
+    stable_pick: bool = True
+    iterations: int = 3
+    gamma: float = GAMMA
+    strength: float = STRENGTH
+    budget: int = 2
+    grid: int = 6
+    experts: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.experts, list):
+            object.__setattr__(self, "experts", tuple(self.experts))
+        for name, (valid, what) in _RULES.items():
+            value = getattr(self, name)
+            if not valid(value):
+                raise ValueError(f"RefineConfig.{name} must be {what}, got {value!r}")
+
+    @classmethod
+    def from_strings(cls, values: Mapping[str, str]) -> RefineConfig:
+        """A config from field name -> string, e.g. ``{"k": "5", "box_gate": "none",
+        "experts": "edge,color", "anchor": "false"}``; unset fields keep their defaults.
+
+        Raises:
+            ValueError: an unknown field (the message lists the known ones), a string
+                that does not parse, or a value out of range.
+        """
+        return cls(**parse_fields(cls, values))
+
+
+#: The paper's PPE settings: k=5, lambda=0.05, gamma=4, strength=30 with a plain Gaussian
+#: mask prompt, and no gate.
+PAPER_REFINE = RefineConfig(
+    k=5, prompt_mix=1.0, agreement_power=0.0, anchor=False, box_gate=None, stable_pick=False
+)
 
 
 @dataclass
@@ -140,7 +237,7 @@ def _iterate(
     decode came back empty.
     """
     result = None
-    for _ in range(max(1, iterations)):
+    for _ in range(iterations):
         prompt = refinement_prompt(emb, mask, positives(mask), gamma, strength, scale)
         clock.lap("prompts")
         out = engine.decode(emb, [prompt], multimask=True, frame="none")
@@ -156,16 +253,23 @@ def _iterate(
     return result
 
 
-def _decode_pick(engine, emb, prompt: Prompt, clock: _Clock, reference: np.ndarray | None = None):
-    """One multimask decode; the candidate with the best predicted IoU, or the best IoU
-    with ``reference`` ``(h, w) bool`` working frame when given."""
+def _decode_pick(
+    engine: SamEngine,
+    emb: ImageEmbedding,
+    prompt: Prompt,
+    clock: _Clock,
+    reference: np.ndarray | None = None,
+) -> tuple[np.ndarray, float]:
+    """One multimask decode: the ``(256, 256)`` low-res logits and predicted IoU of the
+    candidate with the best predicted IoU, or the best IoU with ``reference`` ``(h, w)
+    bool`` working frame when given."""
     out = engine.decode(emb, [prompt], multimask=True, frame="none")
     clock.lap("decode")
     if reference is None:
         i = int(out.best()[0])
     else:
         cands = engine.upscale(emb, out.low_res_logits[0], "working") > 0
-        i = int(np.argmax(mask_iou(cands, reference)))
+        i = int(np.argmax(mask_iou(cands, reference, empty=0.0)))
         clock.lap("upscale")
     return out.low_res_logits[0, i], float(out.iou[0, i])
 
@@ -179,7 +283,9 @@ def _box_answer(engine: SamEngine, emb: ImageEmbedding, m0: np.ndarray, clock: _
     return _Answer(logits, score, prompt)
 
 
-def _agreement(engine: SamEngine, emb: ImageEmbedding, m0: np.ndarray, clock: _Clock) -> tuple[float, _Answer]:
+def _agreement(
+    engine: SamEngine, emb: ImageEmbedding, m0: np.ndarray, clock: _Clock
+) -> tuple[float, _Answer]:
     """:func:`_box_answer` for ``m0`` ``(h, w) bool`` (working frame) and how well it agrees
     with ``m0``: the IoU in [0, 1] of the answer with ``m0`` (low when the image disagrees
     with the coarse mask), and the answer.
@@ -187,32 +293,37 @@ def _agreement(engine: SamEngine, emb: ImageEmbedding, m0: np.ndarray, clock: _C
     box = _box_answer(engine, emb, m0, clock)
     answer = engine.upscale(emb, box.logits[None], "working")[0] > 0
     clock.lap("upscale")
-    return float(mask_iou(answer, m0)), box
-
-
-def _router(value) -> Router:
-    return value if isinstance(value, Router) else load_router(value)
+    return mask_iou(answer, m0, empty=0.0), box
 
 
 def _expert_saliency(
-    engine: SamEngine, emb: ImageEmbedding, m0: np.ndarray, variant: str, opt: dict[str, Any], clock: _Clock
+    engine: SamEngine,
+    emb: ImageEmbedding,
+    m0: np.ndarray,
+    variant: str,
+    cfg: RefineConfig,
+    router: Router | None,
+    depth: DepthEstimator | None,
+    clock: _Clock,
 ) -> tuple[dict[str, float], np.ndarray]:
     """The experts a PromptMoE variant uses, with their weights, and their fused
     saliency ``(h, w) float32`` in [0, 1], working frame (``m0`` ``(h, w) bool`` likewise)."""
-    depth = depth_estimator(opt["depth_model"])
     names = available_experts(depth, CHEAP_EXPERTS if variant == "lite" else EXPERTS)
-    if opt["experts"]:
-        fixed = opt["experts"].split(",") if isinstance(opt["experts"], str) else list(opt["experts"])
-        missing = set(fixed) - set(names)
+    if cfg.experts is not None:
+        missing = set(cfg.experts) - set(names)
         if missing:
-            raise ValueError(f"experts {sorted(missing)} are not available for {variant}; available: {', '.join(names)}")
-        weights = {n: 1.0 for n in fixed}
+            raise ValueError(
+                f"experts {sorted(missing)} are not available for {variant}; "
+                f"available: {', '.join(names)}"
+            )
+        weights = {n: 1.0 for n in cfg.experts}
     elif variant == "dense":
         weights = {n: 1.0 for n in names}
     else:
-        weights = _router(opt["router"]).select(context_features(emb, m0), names, opt["budget"])
+        selector = router if router is not None else load_router()
+        weights = selector.select(context_features(emb, m0), names, cfg.budget)
     clock.lap("router")
-    maps = expert_maps(list(weights), ExpertInput(engine, emb, m0, depth, opt["grid"]))
+    maps = expert_maps(list(weights), ExpertInput(engine, emb, m0, depth, cfg.grid))
     clock.lap("experts")
     saliency = fuse(list(maps.values()), list(weights.values()))
     clock.lap("fusion")
@@ -220,54 +331,48 @@ def _expert_saliency(
 
 
 def _promptmoe(
-    engine: SamEngine, emb: ImageEmbedding, m0: np.ndarray, variant: str, opt: dict[str, Any], agreement: float, clock: _Clock
+    engine: SamEngine,
+    emb: ImageEmbedding,
+    m0: np.ndarray,
+    variant: str,
+    cfg: RefineConfig,
+    router: Router | None,
+    depth: DepthEstimator | None,
+    agreement: float,
+    clock: _Clock,
 ) -> tuple[dict[str, float], _Answer | None]:
     """The PromptMoE path for ``m0`` ``(h, w) bool`` (working frame): experts and fusion,
     PPE points on the saliency, and a mask prompt weaker where the experts see little
     object and overall when SAM's box answer disagrees with the draft (``agreement`` in
     [0, 1]).  Returns the expert weights and :func:`_iterate`'s result."""
-    weights, saliency = _expert_saliency(engine, emb, m0, variant, opt, clock)
+    weights, saliency = _expert_saliency(engine, emb, m0, variant, cfg, router, depth, clock)
 
     def place(mask: np.ndarray) -> np.ndarray:
-        first = samrefiner_points(mask) if opt["anchor"] else None
-        return place_points(saliency, mask, opt["k"], opt["lam"], floor=opt["floor"], first=first)
+        first = samrefiner_points(mask) if cfg.anchor else None
+        return place_points(saliency, mask, cfg.k, cfg.lam, floor=cfg.floor, first=first)
 
-    scale = opt["prompt_mix"] + (1 - opt["prompt_mix"]) * saliency if opt["prompt_mix"] < 1 else None
-    strength = opt["strength"] * agreement ** opt["agreement_power"]
-    return weights, _iterate(engine, emb, m0, place, opt["iterations"], opt["gamma"], strength, clock, scale)
+    mix = cfg.prompt_mix
+    scale = mix + (1 - mix) * saliency if mix < 1 else None
+    strength = cfg.strength * agreement**cfg.agreement_power
+    answer = _iterate(engine, emb, m0, place, cfg.iterations, cfg.gamma, strength, clock, scale)
+    return weights, answer
 
 
-def refine(
-    engine: SamEngine,
-    image: np.ndarray,
-    coarse: np.ndarray,
-    variant: str = "full",
-    *,
-    seed: int = 0,
-    **options: Any,
-) -> Refinement:
-    """Refine a coarse mask.
+def _validate_inputs(
+    image: np.ndarray, coarse: np.ndarray, variant: str, config: RefineConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """The inputs of :func:`refine` checked: ``(image, coarse)`` as ``(H, W, 3) uint8`` and
+    ``(H, W) bool`` arrays.
 
-    Args:
-        engine: the shared SAM engine; the image is embedded once (cached).
-        image: ``(H, W, 3) uint8`` RGB.
-        coarse: ``(H, W) bool`` non-empty coarse mask, image frame.
-        variant: one of :data:`VARIANTS`.
-        seed: seeds the random parts (DualSight's negative point).
-        options: overrides of :data:`DEFAULTS`.
-
-    Returns:
-        :class:`Refinement` with the ``(H, W) bool`` mask in the image frame.
+    Raises:
+        ValueError: an unknown variant, a wrong image, a coarse mask of another size or
+            an empty one.
+        TypeError: ``config`` is not a :class:`RefineConfig`.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
-    unknown = set(options) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown refine options {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-    opt = {**DEFAULTS, **options}
-    gate = opt["box_gate"]
-    if gate is not None and (isinstance(gate, bool) or not isinstance(gate, (int, float)) or not 0 <= gate <= 1):
-        raise ValueError(f"box_gate must be a number in [0, 1] or None (off), got {gate!r}")
+    if not isinstance(config, RefineConfig):
+        raise TypeError(f"config must be a RefineConfig, got {type(config).__name__}")
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
@@ -277,6 +382,38 @@ def refine(
     coarse = coarse.astype(bool)
     if not coarse.any():
         raise ValueError("the coarse mask is empty: nothing to refine")
+    return image, coarse
+
+
+def refine(
+    engine: SamEngine,
+    image: np.ndarray,
+    coarse: np.ndarray,
+    variant: str = "full",
+    config: RefineConfig = RefineConfig(),
+    *,
+    router: Router | None = None,
+    depth: DepthEstimator | None = None,
+    seed: int = 0,
+) -> Refinement:
+    """Refine a coarse mask.
+
+    Args:
+        engine: the shared SAM engine; the image is embedded once (cached).
+        image: ``(H, W, 3) uint8`` RGB.
+        coarse: ``(H, W)`` non-empty coarse mask (non-zero = object), image frame.
+        variant: one of :data:`VARIANTS`.
+        config: the settings (:class:`RefineConfig`).
+        router: the expert selector of ``full`` and ``lite``; None reads the shipped
+            weights on each call that needs them (pass one to refine many masks).
+        depth: the depth estimator; None leaves the depth expert out.
+        seed: seeds the random parts (DualSight's negative point).
+
+    Returns:
+        :class:`Refinement` with the ``(H, W) bool`` mask in the image frame.
+    """
+    image, coarse = _validate_inputs(image, coarse, variant, config)
+    cfg = config
     clock = _Clock()
     if variant == "unrefined":
         clock.lap("prepare")
@@ -284,7 +421,7 @@ def refine(
     emb = engine.embed(image)
     clock.lap("encode")
     clock.timings["embed_encoder"] = emb.encode_seconds
-    m0 = to_working(emb, coarse)
+    m0 = mask_to_working(emb, coarse)
     clock.lap("prepare")
     weights: dict[str, float] = {}
     if variant == "sam-box":
@@ -292,28 +429,35 @@ def refine(
     elif variant == "dualsight":
         prompt = dualsight_prompt(emb, m0, np.random.default_rng(seed))
         clock.lap("prompts")
-        answer, source = _Answer(*_decode_pick(engine, emb, prompt, clock, reference=m0), prompt), "dualsight"
+        logits, score = _decode_pick(engine, emb, prompt, clock, reference=m0)
+        answer, source = _Answer(logits, score, prompt), "dualsight"
     else:
+
         def plain() -> _Answer | None:
-            return _iterate(engine, emb, m0, samrefiner_points, opt["iterations"], opt["gamma"], opt["strength"], clock)
+            return _iterate(
+                engine, emb, m0, samrefiner_points, cfg.iterations, cfg.gamma, cfg.strength, clock
+            )
 
         if variant == "samrefiner":
             answer, source = plain(), "plain"
         else:
             agreement, box = 1.0, None
-            if gate is not None or opt["agreement_power"]:
+            if cfg.box_gate is not None or cfg.agreement_power:
                 agreement, box = _agreement(engine, emb, m0, clock)
-            if gate is not None and agreement > gate:
+            if cfg.box_gate is not None and agreement > cfg.box_gate:
                 # SAM's own reading of the box already matches the draft: its answer follows
                 # the image's edges, and further prompts mostly pull it back to the draft.
                 answer, source = box, "box"
             else:
-                weights, answer = _promptmoe(engine, emb, m0, variant, opt, agreement, clock)
+                weights, answer = _promptmoe(
+                    engine, emb, m0, variant, cfg, router, depth, agreement, clock
+                )
                 source = "experts"
-                if opt["stable_pick"]:
+                if cfg.stable_pick:
                     rival = plain()
                     if rival is not None and (
-                        answer is None or stability_score(rival.working) > stability_score(answer.working)
+                        answer is None
+                        or stability_score(rival.working) > stability_score(answer.working)
                     ):
                         answer, source = rival, "plain"
         if answer is None:
@@ -329,101 +473,3 @@ def refine(
     if prompt.points is not None:
         drawn = Prompts(prompt.points, prompt.labels, prompt.box)
     return Refinement(mask, answer.score, clock.timings, drawn, weights, source)
-
-
-def _run_refine(args: argparse.Namespace) -> int:
-    from .images import load_image, load_mask, save_mask
-
-    image = load_image(args.image)
-    coarse = load_mask(args.mask, shape=image.shape[:2])
-    options = {"router": args.router} if args.router else {}
-    if args.depth_model:
-        options["depth_model"] = args.depth_model
-    result = refine(make_engine(args), image, coarse, args.variant, seed=args.seed, **options)
-    save_mask(result.mask, args.out)
-    if args.overlay:
-        from PIL import Image
-
-        from .overlay import draw_overlay
-
-        p = result.prompts
-        art = draw_overlay(image, result.mask, coarse=coarse, points=p.points, labels=p.labels, box=p.box)
-        Image.fromarray(art).save(args.overlay)
-    stages = " ".join(f"{k}={v:.3f}s" for k, v in result.timings.items())
-    experts = " ".join(f"{k}:{v:.2f}" for k, v in result.experts.items())
-    print(f"{args.variant}: {result.source} answer, predicted IoU {result.score:.3f}; {stages}" + (f"; experts {experts}" if experts else ""))
-    return 0
-
-
-def add_refine(sub, bench) -> None:
-    p = sub.add_parser("refine", help="refine a coarse mask (PromptMoE or a baseline) and write the result PNG")
-    p.add_argument("--image", required=True, help="image file")
-    p.add_argument("--mask", required=True, help="coarse mask image (non-zero = object), same size as the image")
-    p.add_argument("--variant", default="full", choices=VARIANTS, help="method (default full)")
-    p.add_argument("-o", "--out", required=True, help="refined mask PNG to write (0/255)")
-    p.add_argument("--overlay", help="also write an overlay PNG (result, input contour, prompts)")
-    p.add_argument("--router", help="selector weights (default: the shipped weights)")
-    p.add_argument("--depth-model", help="depth model path or hub id (env PROMPTMOE_DEPTH_MODEL; default: no depth expert)")
-    p.add_argument("--seed", type=int, default=0)
-    add_engine_options(p)
-    p.set_defaults(func=_run_refine)
-    add_bench_stages(sub, bench)
-
-
-#: Stages that do not run SAM's encoder or decoder (``upscale`` is the bilinear map of
-#: logits to the output frame).
-NON_SAM_STAGES = ("prepare", "router", "experts", "fusion", "prompts", "upscale")
-
-
-def stage_timings(
-    engine: SamEngine, folders: list[str], variant: str = "lite", limit: int = 5, scale: int = 4, kind: str = "morph"
-) -> dict[str, dict[str, float]]:
-    """Mean seconds per stage of ``variant`` on dataset images at their size and upscaled
-    ``scale`` times (bicubic image, nearest mask): does the pipeline stay in the working frame?
-
-    The box gate is off, so every annotation runs the experts, fusion and PPE."""
-    import cv2
-    from tqdm import tqdm
-
-    from .eval.coarse import make_coarse, sample_seed
-    from .eval.datasets import load_dataset
-
-    sums: dict[str, dict[str, float]] = {"original": {}, f"x{scale}": {}}
-    samples = [s for folder in folders for s in load_dataset(folder)[:limit]]
-    for sample in tqdm(samples, desc="stage timings", unit="img"):
-        image, gt, _ = sample.load()
-        coarse = make_coarse(gt, image, kind, sample_seed(0, sample.name))
-        big = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
-        big_mask = cv2.resize(coarse.astype(np.uint8), None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST) > 0
-        for label, (img, mask) in (("original", (image, coarse)), (f"x{scale}", (big, big_mask))):
-            engine.embed(img)  # encoder time is not a stage measured here
-            out = refine(engine, img, mask, variant, box_gate=None)
-            for stage, sec in out.timings.items():
-                sums[label][stage] = sums[label].get(stage, 0.0) + sec / len(samples)
-    for label in sums:
-        sums[label]["non_sam_total"] = sum(sums[label].get(s, 0.0) for s in NON_SAM_STAGES)
-    return sums
-
-
-def _run_stage_bench(args: argparse.Namespace) -> int:
-    result = stage_timings(make_engine(args), args.data, args.variant, args.limit, args.scale)
-    labels = list(result)
-    stages = [s for s in (*NON_SAM_STAGES, "non_sam_total", "decode", "encode") if s in result[labels[0]]]
-    print(f"{args.variant}: mean seconds per annotation and stage")
-    print(f"{'stage':14s} " + " ".join(f"{lab:>10s}" for lab in labels) + "      ratio")
-    for s in stages:
-        a, b = result[labels[0]].get(s, 0.0), result[labels[1]].get(s, 0.0)
-        print(f"{s:14s} {a:10.4f} {b:10.4f} {b / a if a > 0 else float('nan'):10.2f}")
-    write_json(args.json, {"variant": args.variant, "scale": args.scale, "limit": args.limit, "stages": result})
-    return 0
-
-
-def add_bench_stages(sub, bench) -> None:
-    p = bench.add_parser("refine-stages", help="refinement stage timings at the original size and upscaled")
-    p.add_argument("--data", action="append", required=True, metavar="DIR", help="dataset folder; repeat for several")
-    p.add_argument("--variant", default="lite", choices=[v for v in VARIANTS if v != "unrefined"])
-    p.add_argument("--limit", type=int, default=5, help="first N images of each dataset (default 5)")
-    p.add_argument("--scale", type=int, default=4, help="upscaling factor (default 4)")
-    p.add_argument("--json", help="also write the figures to this JSON file")
-    add_engine_options(p)
-    p.set_defaults(func=_run_stage_bench)

@@ -14,9 +14,15 @@ DATA_ROOT = Path(os.environ.get("PROMPTMOE_DATA", REPO.parent / "shared" / "data
 #: The labeling config of the backend tests: brush output plus smart keypoints and boxes.
 LS_CONFIG = """<View>
   <Image name="image" value="$image"/>
-  <BrushLabels name="brush" toName="image"><Label value="Person"/><Label value="Table"/></BrushLabels>
-  <KeyPointLabels name="kp" toName="image" smart="true"><Label value="Person"/><Label value="Table"/></KeyPointLabels>
-  <RectangleLabels name="rect" toName="image" smart="true"><Label value="Person"/><Label value="Table"/></RectangleLabels>
+  <BrushLabels name="brush" toName="image">
+    <Label value="Person"/><Label value="Table"/>
+  </BrushLabels>
+  <KeyPointLabels name="kp" toName="image" smart="true">
+    <Label value="Person"/><Label value="Table"/>
+  </KeyPointLabels>
+  <RectangleLabels name="rect" toName="image" smart="true">
+    <Label value="Person"/><Label value="Table"/>
+  </RectangleLabels>
 </View>"""
 
 

@@ -7,10 +7,11 @@ import pytest
 
 from conftest import data_dir
 from promptmoe_plugin.clicks import SamClickSession
-from promptmoe_plugin.eval import methods as registry
-from promptmoe_plugin.eval.bench import run_click_bench
+from promptmoe_plugin.eval import methods
+from promptmoe_plugin.eval.click_bench import run_click_bench
 from promptmoe_plugin.eval.clicker import Click, Clicker, iou_at, noc, simulate, summarize_runs
-from promptmoe_plugin.eval.methods import ClickMethod, MethodUnavailable, click_methods
+from promptmoe_plugin.eval.datasets import load_dataset
+from promptmoe_plugin.eval.report import click_tables, write_json
 
 
 def rect(shape, y0, y1, x0, x1):
@@ -87,7 +88,7 @@ def test_simulate_known_run():
     assert run.clicks[0] == Click(10, 10, True) and run.ious == [1.0]
     gt2 = rect((30, 30), 5, 25, 5, 25)
     run = simulate(lambda: PaintSession(gt2.shape), gt2, max_clicks=3, stop_iou=0.99)
-    assert len(run.ious) == 3 and all(b >= a for a, b in zip(run.ious, run.ious[1:]))
+    assert len(run.ious) == 3 and run.ious == sorted(run.ious)
     assert run.oracle_iou is None and len(run.seconds) == 3
 
 
@@ -98,85 +99,93 @@ def test_click_metrics_known_answers():
     s = summarize_runs(curves)
     assert s["miou@1"] == pytest.approx(100 * (0.5 + 0.95 + 0.1) / 3)
     assert s["miou@2"] == pytest.approx(100 * (0.86 + 0.95 + 0.1) / 3)
-    assert s["noc@85"] == pytest.approx((2 + 1 + 20) / 3) and s["noc@90"] == pytest.approx((3 + 1 + 20) / 3)
-    assert s["nof@90"] == 1 and s["ratio@85"] == pytest.approx(100 / 3) and s["ratio@75"] == pytest.approx(100 / 3)
-
-
-def test_registry_errors():
-    with pytest.raises(ValueError, match="unknown click method 'nope'.*sam-single"):
-        click_methods(["nope"])
-    missing = ClickMethod("ghost", "", "promptmoe_plugin.no_such_module", "Session", "issue 99")
-    with pytest.raises(MethodUnavailable, match="ghost.*promptmoe_plugin.no_such_module.Session.*issue 99"):
-        missing.load()
+    assert s["noc@85"] == pytest.approx((2 + 1 + 20) / 3) and s["noc@90"] == pytest.approx(
+        (3 + 1 + 20) / 3
+    )
+    assert (
+        s["nof@90"] == 1
+        and s["ratio@85"] == pytest.approx(100 / 3)
+        and s["ratio@75"] == pytest.approx(100 / 3)
+    )
 
 
 def test_sam_session_reproducible_bit_for_bit(engine, voc):
     image, gt = voc["rgb"], voc["masks"][0]
-    runs = [simulate(lambda: SamClickSession(engine, image), gt, max_clicks=6, keep_masks=True) for _ in range(2)]
+    runs = [
+        simulate(lambda: SamClickSession(engine, image), gt, max_clicks=6, keep_masks=True)
+        for _ in range(2)
+    ]
     assert runs[0].ious == runs[1].ious and runs[0].clicks == runs[1].clicks
-    assert all(np.array_equal(a, b) for a, b in zip(runs[0].masks, runs[1].masks))
+    assert all(np.array_equal(a, b) for a, b in zip(runs[0].masks, runs[1].masks, strict=True))
     assert runs[0].oracle_iou >= runs[0].ious[0] > 0.3
 
 
 class RecordingSession(SamClickSession):
-    """Plain SAM that records the references and seed a project-simulation method gets."""
+    """Plain SAM in SmartSAM's place: records the references, seed and intent it gets."""
 
-    seen: list[tuple[int, list[int], int]] = []
+    seen: list[tuple[int, list[int], int, object]] = []
 
-    def __init__(self, engine, image, references=(), seed=0, **kwargs):
-        super().__init__(engine, image, **kwargs)
-        RecordingSession.seen.append((int(image.sum()), [int(r[1].sum()) for r in references], seed))
+    def __init__(self, engine, image, config, *, intent, references=(), seed=0):
+        super().__init__(engine, image)
+        refs = [int(r[1].sum()) for r in references]
+        RecordingSession.seen.append((int(image.sum()), refs, seed, intent))
 
 
 def test_click_bench_project_simulation_and_reproducible(engine, monkeypatch):
     folder = data_dir("GrabCut")
-    method = ClickMethod("recording", "", __name__, "RecordingSession", "test", uses_references=True, seeded=True)
-    monkeypatch.setitem(registry.CLICK_METHODS, "recording", method)
+    monkeypatch.setattr(methods, "SmartSamSession", RecordingSession)
     RecordingSession.seen = []
-    kwargs = dict(limit=3, references=2, max_clicks=3)
-    first, _ = run_click_bench(engine, [str(folder)], ["sam", "recording"], **kwargs)
-    # Each image sees the GT masks of up to 2 earlier images, never its own.
+    kwargs = dict(limit=3, references=2, max_clicks=3, progress=False)
+    first = run_click_bench(engine, [str(folder)], ["sam", "smartsam-ref"], **kwargs)
     assert len(first["per_image"]) == 6
     # Every session is started twice per image: an untimed warm-up, then the timed run.
     assert RecordingSession.seen[0::2] == RecordingSession.seen[1::2]
+    # Each image sees the GT masks of up to 2 earlier images, never its own.
     refs = [seen[1] for seen in RecordingSession.seen[0::2]]
     assert [len(r) for r in refs] == [0, 1, 2]
-    from promptmoe_plugin.eval.datasets import load_dataset
-
     areas = [int(s.load()[1].sum()) for s in load_dataset(folder)[:3]]
     assert refs[1] == areas[:1] and refs[2] == areas[:2]
-    second, _ = run_click_bench(engine, [str(folder)], ["sam", "recording"], **kwargs)
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "sec_per_click"} for r in rs]  # noqa: E731
+    # One intent for the whole run (its reference features stay cached across images).
+    intents = {id(seen[3]) for seen in RecordingSession.seen}
+    assert len(intents) == 1
+    second = run_click_bench(engine, [str(folder)], ["sam", "smartsam-ref"], **kwargs)
+    assert id(RecordingSession.seen[-1][3]) not in intents
+
+    def strip(records):
+        return [{k: v for k, v in r.items() if k != "sec_per_click"} for r in records]
+
     assert strip(first["per_image"]) == strip(second["per_image"])
     sam = [r for r in first["per_image"] if r["method"] == "sam"]
-    rec = [r for r in first["per_image"] if r["method"] == "recording"]
+    rec = [r for r in first["per_image"] if r["method"] == "smartsam-ref"]
     assert [r["ious"] for r in sam] == [r["ious"] for r in rec]
     assert first["summary"]["sam"]["images"] == 3 and first["config"]["references"] == 2
 
 
-def test_cli_click_writes_json_and_report(tmp_path, capsys):
+def test_click_bench_writes_report_and_json(engine, tmp_path):
     import json
-
-    from promptmoe_plugin.cli import main
 
     folder = str(data_dir("GrabCut"))
     out, path = tmp_path / "report", tmp_path / "r.json"
-    argv = ["bench", "click", "--data", folder, "--limit", "1", "--max-clicks", "5", "--methods", "sam"]
-    assert main([*argv, "--device", "cpu", "--json", str(path), "--out", str(out), "--overlays", "1"]) == 0
-    printed = capsys.readouterr().out
-    assert "GrabCut" in printed and "miou@1" in printed
-    result = json.loads(path.read_text())
-    assert set(result) >= {"summary", "per_image", "config"} and result["summary"]["sam"]["images"] == 1
-    assert "![](overlays/" in (out / "report.md").read_text() and len(list((out / "overlays").glob("*.png"))) == 2
-    assert main(["bench", "click", "--data", folder, "--methods", "nope"]) == 2
-    assert "unknown click method" in capsys.readouterr().err
-
-
-def test_method_options_parsing():
-    from promptmoe_plugin.eval.bench import _method_options, _options
-
-    opts = _options(["k=3", "smartsam-ref:selector=dinov2", "flag=false", "path=a:b", "full:box_gate=None"])
-    assert opts == {"*": {"k": 3, "flag": False, "path": "a:b"}, "smartsam-ref": {"selector": "dinov2"}, "full": {"box_gate": None}}
-    assert _method_options(opts, "smartsam-ref")["selector"] == "dinov2" and "selector" not in _method_options(opts, "sam")
-    with pytest.raises(ValueError, match="KEY=VALUE"):
-        _options(["novalue"])
+    options = {"smartsam-pure": {"n_chains": "2"}}
+    result = run_click_bench(
+        engine,
+        [folder],
+        ["sam", "smartsam-pure"],
+        limit=1,
+        max_clicks=5,
+        options=options,
+        out=out,
+        overlays=1,
+        progress=False,
+    )
+    text = click_tables(result)
+    assert "GrabCut" in text and "miou@1" in text and "smartsam-pure" in text
+    write_json(path, result)
+    saved = json.loads(path.read_text())
+    assert set(saved) == {"summary", "by_dataset", "per_image", "config"}
+    assert saved["summary"]["sam"]["images"] == 1
+    assert saved["config"]["options"] == {"smartsam-pure": {"n_chains": 2}}
+    assert "![](overlays/" in (out / "report.md").read_text()
+    assert len(list((out / "overlays").glob("*.png"))) == 4  # best and worst of 2 methods
+    with pytest.raises(ValueError, match="unknown click method"):
+        run_click_bench(engine, [folder], ["nope"])

@@ -1,14 +1,11 @@
-"""Known-answer tests for the metrics, dataset loader and coarse-mask generators."""
+"""Known-answer tests for the metrics and the coarse-mask generators."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from conftest import data_dir
 from promptmoe_plugin.eval.coarse import KINDS, make_coarse, sample_seed
-from promptmoe_plugin.eval.datasets import DatasetError, load_dataset, read_gt
 from promptmoe_plugin.eval.metrics import boundary_iou, inner_boundary, iou, promptmoe_band
 
 
@@ -57,66 +54,6 @@ def test_boundary_conventions_at_image_border_and_ignore():
         boundary_iou(a, b, kind="other")
     with pytest.raises(ValueError, match="shapes differ"):
         iou(a, np.zeros((10, 10), bool))
-
-
-def write_pair(folder, name, image, mask, layout=("img", "gt")):
-    (folder / layout[0]).mkdir(parents=True, exist_ok=True)
-    (folder / layout[1]).mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(folder / layout[0] / f"{name}.jpg")
-    mask.save(folder / layout[1] / f"{name}.png")
-
-
-def test_dataset_layouts_ignore_band_and_palette(tmp_path):
-    image = np.full((8, 10, 3), 100, np.uint8)
-    grey = np.zeros((8, 10), np.uint8)
-    grey[2:6, 2:6] = 255
-    grey[1, 1:7] = 128
-    write_pair(tmp_path / "g", "a", image, Image.fromarray(grey), ("data_GT", "boundary_GT"))
-    samples = load_dataset(tmp_path / "g")
-    assert [s.name for s in samples] == ["a"]
-    img, gt, ignore = samples[0].load()
-    assert img.shape == (8, 10, 3) and gt.sum() == 16 and ignore.sum() == 6 and not (gt & ignore).any()
-    # Palette masks: every id merged, 128 is an id there, not an ignore band.
-    ids = np.zeros((8, 10), np.uint8)
-    ids[0, 0], ids[3, 3:5], ids[7, 9] = 1, 2, 128
-    palette = Image.fromarray(ids, mode="P")
-    palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [7] * (256 * 3 - 9))
-    write_pair(tmp_path / "d", "b", image, palette)
-    _, gt, ignore = load_dataset(tmp_path / "d")[0].load()
-    assert gt.sum() == 4 and not ignore.any()
-    # A mask with values other than 0/128/255 has no ignore band.
-    odd = grey.copy()
-    odd[0, 0] = 7
-    Image.fromarray(odd).save(tmp_path / "odd.png")
-    gt, ignore = read_gt(tmp_path / "odd.png")
-    assert not ignore.any() and gt.sum() == 16 + 6 + 1
-
-
-def test_dataset_errors(tmp_path):
-    with pytest.raises(DatasetError, match="no such"):
-        load_dataset(tmp_path / "missing")
-    (tmp_path / "empty" / "img").mkdir(parents=True)
-    (tmp_path / "empty" / "gt").mkdir()
-    with pytest.raises(DatasetError, match="no images"):
-        load_dataset(tmp_path / "empty")
-    with pytest.raises(DatasetError, match="expected sub-folders"):
-        load_dataset(tmp_path / "empty" / "img")
-    image = np.zeros((8, 10, 3), np.uint8)
-    write_pair(tmp_path / "d", "a", image, Image.fromarray(np.zeros((8, 10), np.uint8)))
-    Image.fromarray(image).save(tmp_path / "d" / "img" / "b.png")
-    with pytest.raises(DatasetError, match="without a mask.*b"):
-        load_dataset(tmp_path / "d")
-    write_pair(tmp_path / "s", "a", image, Image.fromarray(np.zeros((9, 10), np.uint8)))
-    with pytest.raises(DatasetError, match="10x9.*10x8"):
-        load_dataset(tmp_path / "s")[0].load()
-
-
-def test_real_datasets_load():
-    grabcut = load_dataset(data_dir("GrabCut"))
-    davis = load_dataset(data_dir("DAVIS"))
-    assert len(grabcut) == 50 and len(davis) == 345
-    _, gt, ignore = grabcut[1].load()  # 124080 has an ignore band
-    assert gt.any() and ignore.any()
 
 
 def disk_gt(size=(120, 160), radius=35):

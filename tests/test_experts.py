@@ -2,21 +2,43 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import numpy as np
 import pytest
+import torch
 
-from promptmoe_plugin.experts import EXPERTS, ExpertInput, available_experts, depth_estimator, expert_map
+from promptmoe_plugin.experts import (
+    EXPERTS,
+    DepthEstimator,
+    ExpertInput,
+    available_experts,
+    expert_map,
+)
 from promptmoe_plugin.experts.appearance import (
     brightness_similarity,
     color_similarity,
     contrast_similarity,
     texture_similarity,
 )
-from promptmoe_plugin.experts.depth import ENV_VAR, depth_similarity
-from promptmoe_plugin.experts.geometry import edge_distance, mask_iou, tight_box, to_working
-from promptmoe_plugin.experts.sam_experts import everything_regions, sam_box_query, sam_coverage, sam_weighted_coverage
-from promptmoe_plugin.experts.superpixel import region_coverage, superpixel_coverage
+from promptmoe_plugin.experts.depth import depth_similarity
+from promptmoe_plugin.experts.geometry import edge_distance, tight_box
+from promptmoe_plugin.experts.sam_experts import (
+    everything_regions,
+    sam_box_query,
+    sam_coverage,
+    sam_weighted_coverage,
+)
+from promptmoe_plugin.experts.superpixel import (
+    image_slic_labels,
+    region_coverage,
+    slic_labels,
+    superpixel_coverage,
+)
 from promptmoe_plugin.fusion import fuse
+from promptmoe_plugin.sam import SamEngine
+from promptmoe_plugin.sam.frames import mask_to_working
 
 
 def disk(h: int = 96, w: int = 128, cy: int = 48, cx: int = 64, r: int = 24) -> np.ndarray:
@@ -83,16 +105,17 @@ def test_superpixel_coverage_follows_colour_regions():
     image[:, 64:] = 255
     mask = np.zeros((96, 128), bool)
     mask[:, :70] = True  # the dark half and a sliver of the bright one
-    s = superpixel_coverage(image, mask)
+    s = superpixel_coverage(slic_labels(image), mask)
     assert s[:, :56].min() == pytest.approx(1.0)
     assert s[:, 100:].max() < 0.5
 
 
-def test_depth_is_unavailable_without_a_model(monkeypatch):
-    monkeypatch.delenv(ENV_VAR, raising=False)
-    assert depth_estimator() is None
+def test_depth_is_available_with_an_estimator_only(monkeypatch):
+    monkeypatch.setenv("PROMPTMOE_DEPTH_MODEL", "some/model")  # the environment plays no part
     assert "depth" not in available_experts(None)
     assert len(available_experts(None)) == len(EXPERTS) - 1
+    estimator = DepthEstimator("some/model")  # the model loads on first use, not here
+    assert available_experts(estimator) == EXPERTS
 
 
 def test_depth_similarity_known_answer():
@@ -120,7 +143,7 @@ def voc_object(engine, voc):
     masks = voc["masks"]
     gt = masks[np.argmax(masks.sum(axis=(1, 2)))]
     emb = engine.embed(voc["rgb"])
-    return voc["rgb"], gt, emb, to_working(emb, gt)
+    return voc["rgb"], gt, emb, mask_to_working(emb, gt)
 
 
 def test_sam_experts_reuse_the_embedding_and_find_the_object(engine, voc_object):
@@ -131,7 +154,8 @@ def test_sam_experts_reuse_the_embedding_and_find_the_object(engine, voc_object)
     assert (box.astype(bool) & gt_w).sum() / (box.astype(bool) | gt_w).sum() > 0.6
     regions = everything_regions(engine, emb, grid=3)
     assert regions.shape == gt_w.shape and regions.dtype == np.int32 and regions.max() >= 1
-    assert everything_regions(engine, emb, grid=3) is regions  # cached per image
+    assert everything_regions(engine, emb, grid=3) is regions  # cached per image and grid
+    assert (emb.key, 3) in engine.image_cache("sam_everything_regions", 64)
     for fn in (sam_coverage, sam_weighted_coverage):
         m = fn(regions, gt_w)
         assert 0 <= m.min() and m.max() <= 1
@@ -152,22 +176,39 @@ def test_expert_map_dispatch_covers_every_available_expert(engine, voc_object):
         expert_map("nope", inp)
 
 
-def test_mask_iou_known_answers():
-    a = np.zeros((4, 6), bool)
-    a[:, :3] = True  # 12 pixels
-    b = np.zeros((4, 6), bool)
-    b[:, 2:4] = True  # 8 pixels, 4 shared
-    assert mask_iou(a, b) == pytest.approx(4 / 16)
-    empty = np.zeros((4, 6), bool)
-    batch = mask_iou(np.stack([a, b, empty]), a)  # (3, h, w) against one mask
-    assert batch.shape == (3,)
-    np.testing.assert_allclose(batch, [1.0, 4 / 16, 0.0])
-    assert mask_iou(empty, empty) == 0.0
-
-
-def test_tight_box_and_working_frame():
+def test_tight_box():
     mask = np.zeros((10, 20), bool)
     mask[2:5, 3:9] = True
     np.testing.assert_array_equal(tight_box(mask), [3, 2, 8, 4])
     with pytest.raises(ValueError):
         tight_box(np.zeros((4, 4), bool))
+
+
+def _engine_without_confident_answers(engine: SamEngine) -> SamEngine:
+    """Another engine on a copy of the model whose decoder predicts IoU -10 for every mask,
+    so the everything grid keeps no proposal."""
+    model = copy.deepcopy(engine.sam.model)
+    head = model.mask_decoder.iou_prediction_head.layers[-1]
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.fill_(-10.0)
+    sam = dataclasses.replace(engine.sam, model=model, model_id=engine.sam.model_id + "-doubtful")
+    return SamEngine(sam, cache_mb=32)
+
+
+def test_engines_do_not_share_per_image_results(engine, voc_object):
+    """The everything regions and SLIC labels are cached by the engine that computed them:
+    an engine with another model computes its own regions of the same image."""
+    image, _, emb, _ = voc_object
+    regions = everything_regions(engine, emb, grid=3)
+    labels = image_slic_labels(engine, emb)
+    assert regions.max() >= 1 and image_slic_labels(engine, emb) is labels
+    other = _engine_without_confident_answers(engine)
+    other_emb = other.embed(image)
+    assert other_emb.key == emb.key  # same image content, same key
+    other_regions = everything_regions(other, other_emb, grid=3)
+    assert other_regions.max() == 0  # its own answer, not the first engine's cached one
+    assert everything_regions(engine, emb, grid=3) is regions
+    other_labels = image_slic_labels(other, other_emb)
+    assert other_labels is not labels  # computed again, in the other engine's cache
+    np.testing.assert_array_equal(other_labels, labels)  # same working image, same SLIC

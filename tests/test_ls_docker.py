@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ls_backend.cli import main as cli_main
-from ls_backend.config import Settings
+from ls_backend.config import load_settings
+from promptmoe_cli.main import main as cli_main
 
 DOCKER = Path(__file__).resolve().parents[1] / "docker"
 
@@ -39,7 +39,7 @@ def test_backend_env_vars_are_documented_settings(compose, capsys):
     for var in env:
         assert f"env {var}" in help_text, f"{var} is not a documented setting of promptmoe serve"
     literal = {k: v for k, v in env.items() if "${" not in v}
-    Settings.from_env(literal)  # parses
+    load_settings(literal)  # parses
 
 
 def test_services_are_wired_together(compose, dockerfile):
@@ -48,7 +48,10 @@ def test_services_are_wired_together(compose, dockerfile):
     ls_env, be_env = _env(ls), _env(backend)
     # The backend reaches Label Studio by service name and container port, with the same token.
     assert be_env["LABEL_STUDIO_URL"] == "http://label-studio:8080" and "8080:8080" in ls["ports"]
-    assert "LABEL_STUDIO_API_KEY" in ls_env["LABEL_STUDIO_USER_TOKEN"] and "LABEL_STUDIO_API_KEY" in be_env["LABEL_STUDIO_API_KEY"]
+    assert (
+        "LABEL_STUDIO_API_KEY" in ls_env["LABEL_STUDIO_USER_TOKEN"]
+        and "LABEL_STUDIO_API_KEY" in be_env["LABEL_STUDIO_API_KEY"]
+    )
     assert "label-studio" in be_env["ALLOWED_IMAGE_HOSTS"].split(",")
     # Label Studio accepts a backend on a private address.
     assert ls_env["ML_BLOCK_LOCAL_IP"] == "false" and ls_env["SSRF_PROTECTION_ENABLED"] == "false"
@@ -58,10 +61,14 @@ def test_services_are_wired_together(compose, dockerfile):
     assert any(v.split(":")[:2] == ["./files", root] for v in ls["volumes"])
     assert any(v.split(":")[:2] == ["./files", root] for v in backend["volumes"])
     # The backend image: built from the repository root with this Dockerfile, on its port.
-    assert (DOCKER / backend["build"]["context"] / backend["build"]["dockerfile"]).resolve() == DOCKER / "Dockerfile"
+    assert (
+        DOCKER / backend["build"]["context"] / backend["build"]["dockerfile"]
+    ).resolve() == DOCKER / "Dockerfile"
     port = re.search(r"PORT=(\d+)", dockerfile).group(1)
     assert f"EXPOSE {port}" in dockerfile and f"{port}:{port}" in backend["ports"]
-    assert be_env["MODEL_DIR"].startswith("/data") and any(v.endswith(":/data") for v in backend["volumes"])
+    assert be_env["MODEL_DIR"].startswith("/data") and any(
+        v.endswith(":/data") for v in backend["volumes"]
+    )
 
 
 def test_dockerfile_copies_existing_paths_and_serves_the_app_factory(dockerfile):

@@ -24,8 +24,8 @@ from PIL import Image
 
 from conftest import LS_CONFIG as CONFIG
 from conftest import blocky_draft as _coarse
-from ls_backend import rle
 from ls_backend.references import ReferenceStore
+from ls_backend.results import brush_masks, brush_result
 from promptmoe_plugin.eval.metrics import iou
 
 pytestmark = pytest.mark.labelstudio
@@ -46,7 +46,9 @@ def _wait(url: str, proc: subprocess.Popen, seconds: float, log: Path) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[:3]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            raise RuntimeError(
+                f"{proc.args[:3]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+            )
         try:
             if requests.get(url, timeout=2).status_code == 200:
                 return
@@ -57,8 +59,13 @@ def _wait(url: str, proc: subprocess.Popen, seconds: float, log: Path) -> None:
 
 
 def _start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(cmd, env={**os.environ, **env}, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen(
+        cmd,
+        env={**os.environ, **env},
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -77,24 +84,55 @@ def files(voc, tmp_path_factory):
     root = tmp_path_factory.mktemp("ls_files")
     (root / "imgs").mkdir()
     Image.fromarray(voc["rgb"]).save(root / "imgs" / "voc.png")
-    Image.fromarray(np.where(voc["masks"][18], 2, 0).astype(np.uint8)).save(root / "imgs" / "labels.png")
-    gt = {"person_left": voc["masks"][15], "person_right": voc["masks"][17], "table": voc["masks"][18]}
+    Image.fromarray(np.where(voc["masks"][18], 2, 0).astype(np.uint8)).save(
+        root / "imgs" / "labels.png"
+    )
+    gt = {
+        "person_left": voc["masks"][15],
+        "person_right": voc["masks"][17],
+        "table": voc["masks"][18],
+    }
     return root, gt
 
 
 @pytest.fixture(scope="module")
 def label_studio(files, tmp_path_factory):
-    venv = subprocess.run(["sh", str(REPO / "tests" / "labelstudio" / "make_venv.sh"), LS_VERSION],
-                          capture_output=True, text=True, timeout=2400, env={**os.environ, "PYTHON": sys.executable})
+    venv = subprocess.run(
+        ["sh", str(REPO / "tests" / "labelstudio" / "make_venv.sh"), LS_VERSION],
+        capture_output=True,
+        text=True,
+        timeout=2400,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
     if venv.returncode != 0:
         pytest.fail(f"cannot create the Label Studio venv:\n{venv.stderr[-3000:]}")
     data = tmp_path_factory.mktemp("ls_data")
     port = _free_port()
-    env = {"ML_BLOCK_LOCAL_IP": "false", "SSRF_PROTECTION_ENABLED": "false", "LOCAL_FILES_SERVING_ENABLED": "true",
-           "LOCAL_FILES_DOCUMENT_ROOT": str(files[0]), "OMP_WAIT_POLICY": "PASSIVE"}
-    cmd = [str(Path(venv.stdout.strip()) / "bin" / "label-studio"), "start", "--no-browser", "--port", str(port),
-           "--internal-host", "127.0.0.1", "--data-dir", str(data), "--username", "e2e@example.com",
-           "--password", "e2e-pass-1234", "--user-token", TOKEN, "--enable-legacy-api-token"]
+    env = {
+        "ML_BLOCK_LOCAL_IP": "false",
+        "SSRF_PROTECTION_ENABLED": "false",
+        "LOCAL_FILES_SERVING_ENABLED": "true",
+        "LOCAL_FILES_DOCUMENT_ROOT": str(files[0]),
+        "OMP_WAIT_POLICY": "PASSIVE",
+    }
+    cmd = [
+        str(Path(venv.stdout.strip()) / "bin" / "label-studio"),
+        "start",
+        "--no-browser",
+        "--port",
+        str(port),
+        "--internal-host",
+        "127.0.0.1",
+        "--data-dir",
+        str(data),
+        "--username",
+        "e2e@example.com",
+        "--password",
+        "e2e-pass-1234",
+        "--user-token",
+        TOKEN,
+        "--enable-legacy-api-token",
+    ]
     log = data / "label-studio.log"
     proc = _start(cmd, env, log)
     try:
@@ -107,22 +145,49 @@ def label_studio(files, tmp_path_factory):
 
 
 class Backend:
-    """The backend as a separate process: ``promptmoe serve`` or gunicorn."""
+    """The backend as a separate process: ``promptmoe serve`` or gunicorn, both configured
+    by the environment (the one settings loader)."""
 
     def __init__(self, ls_url: str, model_dir: Path):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.model_dir = model_dir
-        self.env = {"LABEL_STUDIO_URL": ls_url, "LABEL_STUDIO_API_KEY": TOKEN, "MODEL_DIR": str(model_dir),
-                    "DEVICE": "cpu", "OMP_WAIT_POLICY": "PASSIVE"}
+        self.env = {
+            "LABEL_STUDIO_URL": ls_url,
+            "LABEL_STUDIO_API_KEY": TOKEN,
+            "MODEL_DIR": str(model_dir),
+            "DEVICE": "cpu",
+            "OMP_WAIT_POLICY": "PASSIVE",
+        }
         self.proc: subprocess.Popen | None = None
 
     def start(self, gunicorn: bool = False) -> None:
         if gunicorn:
-            cmd = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}", "--workers", "1",
-                   "--threads", "4", "--timeout", "300", "ls_backend.server:app_factory()"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--workers",
+                "1",
+                "--threads",
+                "4",
+                "--timeout",
+                "300",
+                "promptmoe_cli.wsgi:app_factory()",
+            ]
         else:
-            cmd = [sys.executable, "-m", "ls_backend.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "promptmoe_cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ]
         log = self.model_dir.parent / f"backend-{'gunicorn' if gunicorn else 'serve'}.log"
         self.proc = _start(cmd, self.env, log)
         _wait(f"{self.url}/health", self.proc, 300, log)
@@ -148,59 +213,95 @@ def project(label_studio, backend, files):
     r = s.post(f"{url}/api/projects", json={"title": "PromptMoE e2e", "label_config": CONFIG})
     assert r.status_code == 201, r.text
     pid = r.json()["id"]
-    r = s.post(f"{url}/api/storages/localfiles", json={"project": pid, "path": str(root / "imgs"),
-                                                        "use_blob_urls": True, "title": "images"})
+    r = s.post(
+        f"{url}/api/storages/localfiles",
+        json={"project": pid, "path": str(root / "imgs"), "use_blob_urls": True, "title": "images"},
+    )
     assert r.status_code == 201, r.text
     draft = _coarse(gt["person_right"])
     tasks = [
         {"data": {"image": IMAGE}},
-        {"data": {"image": IMAGE}, "predictions": [{"model_version": "drafts", "result": [_brush(draft, "Person")]}]},
+        {
+            "data": {"image": IMAGE},
+            "predictions": [{"model_version": "drafts", "result": [_brush(draft, "Person")]}],
+        },
         {"data": {"image": IMAGE, "mask": "/data/local-files/?d=imgs/labels.png"}},
     ]
     r = s.post(f"{url}/api/projects/{pid}/import", json=tasks)
     assert r.status_code == 201, r.text
-    ids = sorted(t["id"] for t in s.get(f"{url}/api/tasks", params={"project": pid}).json()["tasks"])
-    r = s.post(f"{url}/api/ml", json={"url": backend.url, "project": pid, "is_interactive": True, "title": "promptmoe"})
+    ids = sorted(
+        t["id"] for t in s.get(f"{url}/api/tasks", params={"project": pid}).json()["tasks"]
+    )
+    r = s.post(
+        f"{url}/api/ml",
+        json={"url": backend.url, "project": pid, "is_interactive": True, "title": "promptmoe"},
+    )
     assert r.status_code == 201, r.text
     ml = r.json()["id"]
-    r = s.post(f"{url}/api/webhooks", json={"project": pid, "url": f"{backend.url}/webhook", "send_payload": True,
-                                             "send_for_all_actions": False,
-                                             "actions": ["ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"]})
+    r = s.post(
+        f"{url}/api/webhooks",
+        json={
+            "project": pid,
+            "url": f"{backend.url}/webhook",
+            "send_payload": True,
+            "send_for_all_actions": False,
+            "actions": ["ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"],
+        },
+    )
     assert r.status_code == 201, r.text
     return {"id": pid, "ml": ml, "tasks": ids}
 
 
 def _brush(mask: np.ndarray, label: str) -> dict:
-    h, w = mask.shape
-    return {"from_name": "brush", "to_name": "image", "type": "brushlabels", "original_width": w,
-            "original_height": h, "image_rotation": 0,
-            "value": {"format": "rle", "rle": rle.encode(mask), "brushlabels": [label]}}
+    return brush_result(mask, label, from_name="brush", to_name="image")
 
 
 def _decode(result: list[dict]) -> list[tuple[str, np.ndarray]]:
-    return [(r["value"]["brushlabels"][0], rle.decode(r["value"]["rle"], r["original_height"], r["original_width"]))
-            for r in result]
+    assert all(r["type"] == "brushlabels" for r in result)
+    return brush_masks(result)
 
 
 def _interactive(label_studio, project, context: dict) -> list[tuple[str, np.ndarray]]:
     url, s = label_studio
-    r = s.post(f"{url}/api/ml/{project['ml']}/interactive-annotating",
-               json={"task": project["tasks"][0], "context": context}, timeout=300)
+    r = s.post(
+        f"{url}/api/ml/{project['ml']}/interactive-annotating",
+        json={"task": project["tasks"][0], "context": context},
+        timeout=300,
+    )
     assert r.status_code == 200 and "data" in r.json(), r.text
     return _decode(r.json()["data"]["result"])
 
 
 def test_interactive_keypoint_box_and_brush(label_studio, project, files):
     _, gt = files
-    kp = {"original_width": 500, "original_height": 375, "image_rotation": 0, "from_name": "kp", "to_name": "image",
-          "type": "keypointlabels", "origin": "manual", "is_positive": True,
-          "value": {"x": 16.0, "y": 80.0, "width": 0.5, "keypointlabels": ["Person"]}}
+    kp = {
+        "original_width": 500,
+        "original_height": 375,
+        "image_rotation": 0,
+        "from_name": "kp",
+        "to_name": "image",
+        "type": "keypointlabels",
+        "origin": "manual",
+        "is_positive": True,
+        "value": {"x": 16.0, "y": 80.0, "width": 0.5, "keypointlabels": ["Person"]},
+    }
     ((label, mask),) = _interactive(label_studio, project, {"result": [kp]})
     assert label == "Person" and iou(mask, gt["person_left"]) > 0.6
 
-    box = {"original_width": 500, "original_height": 375, "from_name": "rect", "to_name": "image",
-           "type": "rectanglelabels", "value": {"x": 75.4, "y": 17.07, "width": 24.6, "height": 46.67,
-                                                "rectanglelabels": ["Person"]}}
+    box = {
+        "original_width": 500,
+        "original_height": 375,
+        "from_name": "rect",
+        "to_name": "image",
+        "type": "rectanglelabels",
+        "value": {
+            "x": 75.4,
+            "y": 17.07,
+            "width": 24.6,
+            "height": 46.67,
+            "rectanglelabels": ["Person"],
+        },
+    }
     ((label, mask),) = _interactive(label_studio, project, {"result": [box]})
     assert label == "Person" and iou(mask, gt["person_right"]) > 0.7
 
@@ -213,8 +314,12 @@ def test_batch_predictions_for_tasks_with_drafts(label_studio, project, files):
     url, s = label_studio
     _, gt = files
     _, with_prediction, with_mask = project["tasks"]
-    r = s.post(f"{url}/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": project["id"]},
-               json={"selectedItems": {"all": False, "included": [with_prediction, with_mask]}}, timeout=600)
+    r = s.post(
+        f"{url}/api/dm/actions",
+        params={"id": "retrieve_tasks_predictions", "project": project["id"]},
+        json={"selectedItems": {"all": False, "included": [with_prediction, with_mask]}},
+        timeout=600,
+    )
     assert r.status_code == 200, r.text
 
     def ours(task: int) -> dict:
@@ -233,7 +338,10 @@ def test_annotation_reaches_the_store_and_survives_restart(label_studio, project
     url, s = label_studio
     _, gt = files
     task = project["tasks"][1]
-    r = s.post(f"{url}/api/tasks/{task}/annotations", json={"result": [_brush(gt["person_right"], "Person")]})
+    r = s.post(
+        f"{url}/api/tasks/{task}/annotations",
+        json={"result": [_brush(gt["person_right"], "Person")]},
+    )
     assert r.status_code == 201, r.text
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

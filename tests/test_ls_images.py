@@ -102,7 +102,9 @@ def test_private_hosts_refused_unless_allowed(http_server):
     url, port = http_server
     with pytest.raises(ImageFetchError, match="private/loopback.*ALLOWED_IMAGE_HOSTS"):
         _fetcher("http://ls.example:8080").image(f"{url}/public.png")
-    assert _fetcher("http://ls.example:8080", allowed_hosts=("127.0.0.1",)).image(f"{url}/redirect").shape == (6, 8, 3)
+    assert _fetcher("http://ls.example:8080", allowed_hosts=("127.0.0.1",)).image(
+        f"{url}/redirect"
+    ).shape == (6, 8, 3)
 
 
 def test_errors_name_the_problem(http_server, tmp_path):

@@ -11,10 +11,12 @@ from PIL import Image
 
 from conftest import LS_CONFIG as CONFIG
 from conftest import blocky_draft as _coarse
-from ls_backend import rle
-from ls_backend.config import Settings
+from ls_backend.config import load_settings
 from ls_backend.model import PromptMoEModel
+from ls_backend.results import brush_masks, brush_result
 from ls_backend.server import create_app
+from ls_backend.tasks import Click
+from ls_backend.tracks import ClickTracks
 from promptmoe_plugin.eval.metrics import iou
 
 IMAGE = "/data/local-files/?d=voc.png"
@@ -30,9 +32,15 @@ def scene(voc, tmp_path_factory):
     return root, gt
 
 
+def _settings(**overrides: str):
+    """Settings through the loader ``promptmoe serve`` and gunicorn use (no environment)."""
+    return load_settings({}, overrides)
+
+
 @pytest.fixture(scope="module")
 def model(engine, scene, tmp_path_factory):
-    settings = Settings(model_dir=tmp_path_factory.mktemp("model_dir"), local_files_root=scene[0], selector="sam")
+    model_dir = tmp_path_factory.mktemp("model_dir")
+    settings = _settings(model_dir=str(model_dir), local_files_root=str(scene[0]), intent="sam")
     return PromptMoEModel(engine, settings)
 
 
@@ -42,35 +50,56 @@ def client(model):
 
 
 def _kp(x: float, y: float, label: str, positive: bool = True, h: int = 375, w: int = 500) -> dict:
-    return {"original_width": w, "original_height": h, "image_rotation": 0, "from_name": "kp", "to_name": "image",
-            "type": "keypointlabels", "origin": "manual", "is_positive": positive,
-            "value": {"x": 100 * x / w, "y": 100 * y / h, "width": 0.5, "keypointlabels": [label]}}
+    return {
+        "original_width": w,
+        "original_height": h,
+        "image_rotation": 0,
+        "from_name": "kp",
+        "to_name": "image",
+        "type": "keypointlabels",
+        "origin": "manual",
+        "is_positive": positive,
+        "value": {"x": 100 * x / w, "y": 100 * y / h, "width": 0.5, "keypointlabels": [label]},
+    }
 
 
 def _brush(mask: np.ndarray, label: str) -> dict:
-    h, w = mask.shape
-    return {"original_width": w, "original_height": h, "image_rotation": 0, "from_name": "brush", "to_name": "image",
-            "type": "brushlabels", "value": {"format": "rle", "rle": rle.encode(mask), "brushlabels": [label]}}
+    return brush_result(mask, label, from_name="brush", to_name="image")
 
 
 def _predict(client, tasks, context=None, config=CONFIG):
-    return client.post("/predict", json={"tasks": tasks, "project": "1.1700000000", "label_config": config,
-                                         "params": {"login": None, "password": None, "context": context}})
+    body = {
+        "tasks": tasks,
+        "project": "1.1700000000",
+        "label_config": config,
+        "params": {"login": None, "password": None, "context": context},
+    }
+    return client.post("/predict", json=body)
 
 
 def _masks(prediction: dict) -> list[tuple[str, np.ndarray]]:
-    out = []
     for r in prediction["result"]:
         assert r["type"] == "brushlabels" and r["from_name"] == "brush" and r["to_name"] == "image"
-        h, w = r["original_height"], r["original_width"]
-        out.append((r["value"]["brushlabels"][0], rle.decode(r["value"]["rle"], h, w)))
-    return out
+        assert 0 <= r["score"] <= 1 and r["readonly"] is False
+    return brush_masks(prediction["result"])
 
 
 def test_health_setup_metrics(client):
     r = client.get("/health")
-    assert r.status_code == 200 and r.json["status"] == "UP" and r.json["model_class"] == "PromptMoEModel"
-    r = client.post("/setup", json={"project": "1.1700000000", "schema": CONFIG, "hostname": "http://x", "access_token": "t"})
+    assert (
+        r.status_code == 200
+        and r.json["status"] == "UP"
+        and r.json["model_class"] == "PromptMoEModel"
+    )
+    r = client.post(
+        "/setup",
+        json={
+            "project": "1.1700000000",
+            "schema": CONFIG,
+            "hostname": "http://x",
+            "access_token": "t",
+        },
+    )
     assert r.status_code == 200 and r.json["model_version"].startswith("promptmoe-")
     assert client.get("/metrics").json["requests"]["/setup"]["requests"] >= 1
 
@@ -80,17 +109,42 @@ def test_health_setup_metrics(client):
     [
         ("/setup", None, 400, "JSON object"),
         ("/setup", {"project": "1"}, 400, "missing field(s) schema"),
-        ("/setup", {"schema": "<View><Image name='i' value='$i'/></View>"}, 422, "no <BrushLabels>"),
+        (
+            "/setup",
+            {"schema": "<View><Image name='i' value='$i'/></View>"},
+            422,
+            "no <BrushLabels>",
+        ),
         ("/setup", {"schema": "<View"}, 422, "cannot parse"),
         ("/predict", {}, 400, "missing field(s) tasks"),
         ("/predict", {"tasks": [], "label_config": CONFIG}, 400, "non-empty list"),
         ("/predict", {"tasks": "x", "label_config": CONFIG}, 400, "non-empty list"),
         ("/predict", {"tasks": [{"data": {}}]}, 400, "label_config"),
-        ("/predict", {"tasks": [{"data": {}}], "label_config": CONFIG, "params": {"context": 3}}, 400, "context"),
-        ("/predict", {"tasks": [{"data": {}}], "label_config": CONFIG, "params": {"context": {"result": 1}}}, 400, "result"),
+        (
+            "/predict",
+            {"tasks": [{"data": {}}], "label_config": CONFIG, "params": {"context": 3}},
+            400,
+            "context",
+        ),
+        (
+            "/predict",
+            {"tasks": [{"data": {}}], "label_config": CONFIG, "params": {"context": {"result": 1}}},
+            400,
+            "result",
+        ),
         ("/webhook", {"project": {}}, 400, "missing field(s) action"),
-        ("/webhook", {"action": "ANNOTATION_CREATED", "project": {"id": 1, "label_config": CONFIG}}, 422, "annotation.id"),
-        ("/webhook", {"action": "ANNOTATIONS_DELETED", "annotations": []}, 422, "without annotation ids"),
+        (
+            "/webhook",
+            {"action": "ANNOTATION_CREATED", "project": {"id": 1, "label_config": CONFIG}},
+            422,
+            "annotation.id",
+        ),
+        (
+            "/webhook",
+            {"action": "ANNOTATIONS_DELETED", "annotations": []},
+            422,
+            "without annotation ids",
+        ),
     ],
 )
 def test_bad_requests_get_4xx_json(client, path, body, status, message):
@@ -105,12 +159,19 @@ def test_bad_requests_get_4xx_json(client, path, body, status, message):
     "items, message",
     [
         ([_kp(10, 10, "Cat")], "keypointlabels label 'Cat' is not a BrushLabels label"),
-        ([{"type": "choices", "value": {"choices": ["x"]}}], "no keypoint, rectangle or brush region"),
-        ([dict(_kp(10, 10, "Person"), value={"x": "a", "y": 1, "keypointlabels": ["Person"]})], "value.x must be a number"),
+        (
+            [{"type": "choices", "value": {"choices": ["x"]}}],
+            "no keypoint, rectangle or brush region",
+        ),
+        (
+            [dict(_kp(10, 10, "Person"), value={"x": "a", "y": 1, "keypointlabels": ["Person"]})],
+            "value.x must be a number",
+        ),
     ],
 )
 def test_interactive_errors_reach_the_editor(client, items, message):
-    """Label Studio shows only the status line of a failed interactive call: it carries the reason."""
+    """Label Studio shows only the status line of a failed interactive call: it carries the
+    reason."""
     r = _predict(client, [{"id": 1, "data": {"image": IMAGE}}], {"result": items})
     assert r.status_code == 422 and message in r.json["detail"] and message in r.status
 
@@ -139,9 +200,20 @@ def test_keypoints_box_and_labels_never_merged(client, model, scene):
     assert model.engine.stats().encodes == encodes and len(pred2["result"]) == 3
 
     y0, x0, y1, x1 = 64, 377, 239, 500
-    box = {"original_width": 500, "original_height": 375, "from_name": "rect", "to_name": "image",
-           "type": "rectanglelabels", "value": {"x": x0 / 5, "y": y0 / 3.75, "width": (x1 - x0) / 5,
-                                                "height": (y1 - y0) / 3.75, "rectanglelabels": ["Person"]}}
+    box = {
+        "original_width": 500,
+        "original_height": 375,
+        "from_name": "rect",
+        "to_name": "image",
+        "type": "rectanglelabels",
+        "value": {
+            "x": x0 / 5,
+            "y": y0 / 3.75,
+            "width": (x1 - x0) / 5,
+            "height": (y1 - y0) / 3.75,
+            "rectanglelabels": ["Person"],
+        },
+    }
     (pred,) = _predict(client, [task], {"result": [box]}).json["results"]
     ((label, mask),) = _masks(pred)
     assert label == "Person" and iou(mask, gt["person_right"]) > 0.7
@@ -149,12 +221,28 @@ def test_keypoints_box_and_labels_never_merged(client, model, scene):
 
 def test_polygons_alongside_brush_when_configured(client, scene):
     _, gt = scene
-    config = CONFIG.replace("</View>", '<PolygonLabels name="poly" toName="image"><Label value="Person"/>'
-                                       '<Label value="Table"/></PolygonLabels></View>')
-    box = {"original_width": 500, "original_height": 375, "from_name": "rect", "to_name": "image",
-           "type": "rectanglelabels", "value": {"x": 75.4, "y": 17.07, "width": 24.6, "height": 46.67,
-                                                "rectanglelabels": ["Person"]}}
-    (pred,) = _predict(client, [{"id": 9, "data": {"image": IMAGE}}], {"result": [box]}, config=config).json["results"]
+    config = CONFIG.replace(
+        "</View>",
+        '<PolygonLabels name="poly" toName="image"><Label value="Person"/>'
+        '<Label value="Table"/></PolygonLabels></View>',
+    )
+    box = {
+        "original_width": 500,
+        "original_height": 375,
+        "from_name": "rect",
+        "to_name": "image",
+        "type": "rectanglelabels",
+        "value": {
+            "x": 75.4,
+            "y": 17.07,
+            "width": 24.6,
+            "height": 46.67,
+            "rectanglelabels": ["Person"],
+        },
+    }
+    (pred,) = _predict(
+        client, [{"id": 9, "data": {"image": IMAGE}}], {"result": [box]}, config=config
+    ).json["results"]
     kinds = [r["type"] for r in pred["result"]]
     assert kinds[0] == "brushlabels" and "polygonlabels" in kinds
     poly = next(r for r in pred["result"] if r["type"] == "polygonlabels")
@@ -169,7 +257,9 @@ def test_brush_draft_is_refined(client, scene):
     task = {"id": 2, "data": {"image": IMAGE}}
     (pred,) = _predict(client, [task], {"result": [_brush(draft, "Person")]}).json["results"]
     ((label, mask),) = _masks(pred)
-    assert label == "Person" and iou(mask, gt["person_left"]) > max(0.7, iou(draft, gt["person_left"]) - 0.05)
+    assert label == "Person" and iou(mask, gt["person_left"]) > max(
+        0.7, iou(draft, gt["person_left"]) - 0.05
+    )
     assert 0 < pred["score"] <= 1
 
 
@@ -177,13 +267,24 @@ def test_batch_predictions_refine_drafts_and_isolate_bad_tasks(client, scene):
     root, gt = scene
     Image.fromarray(np.where(gt["table"], 2, 0).astype(np.uint8)).save(root / "labels.png")
     tasks = [
-        {"id": 3, "data": {"image": IMAGE},
-         "predictions": [{"model_version": "drafts", "result": [_brush(_coarse(gt["person_right"]), "Person")]}]},
+        {
+            "id": 3,
+            "data": {"image": IMAGE},
+            "predictions": [
+                {
+                    "model_version": "drafts",
+                    "result": [_brush(_coarse(gt["person_right"]), "Person")],
+                }
+            ],
+        },
         {"id": 4, "data": {"image": "/data/local-files/?d=missing.png"}},
         {"id": 5, "data": {"image": IMAGE, "mask": "/data/local-files/?d=labels.png"}},
         {"id": 6, "data": {"image": IMAGE}},
-        {"id": 7, "data": {"image": IMAGE}, "predictions": [{"result": [dict(_brush(gt["table"], "Table"),
-                                                                             original_width=10)]}]},
+        {
+            "id": 7,
+            "data": {"image": IMAGE},
+            "predictions": [{"result": [dict(_brush(gt["table"], "Table"), original_width=10)]}],
+        },
     ]
     r = _predict(client, tasks)
     assert r.status_code == 200
@@ -198,8 +299,12 @@ def test_batch_predictions_refine_drafts_and_isolate_bad_tasks(client, scene):
 
 
 def _annotation_event(action: str, ann_id: int, results: list) -> dict:
-    return {"action": action, "project": {"id": 1, "label_config": CONFIG},
-            "task": {"id": 3, "data": {"image": IMAGE}}, "annotation": {"id": ann_id, "result": results}}
+    return {
+        "action": action,
+        "project": {"id": 1, "label_config": CONFIG},
+        "task": {"id": 3, "data": {"image": IMAGE}},
+        "annotation": {"id": ann_id, "result": results},
+    }
 
 
 def test_webhook_stores_references_and_pairs_then_trains(client, model, scene):
@@ -216,13 +321,22 @@ def test_webhook_stores_references_and_pairs_then_trains(client, model, scene):
     r = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1}})
     assert r.status_code == 201 and r.json["result"]["trained"] is True
     assert model.model_version != version and model.model_version.endswith("-r1")
-    assert client.post("/setup", json={"schema": CONFIG}).json["model_version"] == model.model_version
-    r = client.post("/webhook", json={"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 100}]})
-    assert r.status_code == 201 and r.json["result"]["deleted_references"] == 1 and model.store.count("1") == {}
+    assert (
+        client.post("/setup", json={"schema": CONFIG}).json["model_version"] == model.model_version
+    )
+    r = client.post(
+        "/webhook", json={"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 100}]}
+    )
+    assert (
+        r.status_code == 201
+        and r.json["result"]["deleted_references"] == 1
+        and model.store.count("1") == {}
+    )
 
 
 def test_basic_auth(engine, tmp_path):
-    app = create_app(PromptMoEModel(engine, Settings(model_dir=tmp_path, basic_auth_user="u", basic_auth_pass="p")))
+    settings = _settings(model_dir=str(tmp_path), basic_auth_user="u", basic_auth_pass="p")
+    app = create_app(PromptMoEModel(engine, settings))
     c = app.test_client()
     assert c.get("/health").status_code == 401
     good = base64.b64encode(b"u:p").decode()
@@ -249,33 +363,77 @@ def test_stale_reference_features_are_recomputed(model, scene):
     _, gt = scene
     model.store.replace_annotation("7", 1, 1, IMAGE, [("0:a", "Person", gt["person_left"])])
     (ref,) = model.store.references("7", "Person", 8)
-    model.store.put_features(ref, model.settings.selector, np.ones(3, np.float32))  # an older selector's
-    features = model._reference_features(ref)
-    assert features.shape == model._feature_shape() and features.shape != (3,)
-    assert np.array_equal(model.store.features(ref, model.settings.selector), features)
+    model.store.put_features(ref, "sam", np.ones(3, np.float32))  # an older intent's
+    features = model.references(ref)
+    assert features.shape == model.references.shape() and features.shape != (3,)
+    assert np.array_equal(model.store.features(ref, "sam"), features)
 
 
-def test_click_tracks_stay_within_their_byte_bound():
-    from ls_backend.model import _Track, _Tracks
+class _FakeSession:
+    """A click session whose mask is a disc of radius 5 around its first click."""
 
-    tracks = _Tracks(capacity_mb=1)
-    for i in range(3):
-        tracks.put(("img", "1", "Person", (i,)), _Track(), 400 * 1024)
-    assert tracks.pop(("img", "1", "Person", (0,))) is None  # least recently used, dropped
-    assert tracks.pop(("img", "1", "Person", (2,))) is not None
-    assert tracks.pop(("img", "1", "Person", (2,))) is None  # popped while a request advances it
+    def __init__(self, image: np.ndarray):
+        self.mask = np.zeros(image.shape[:2], bool)
+        self.score = 0.5
+        self.clicks: list[tuple[float, float, bool]] = []
+
+    def click(self, x: float, y: float, positive: bool = True) -> np.ndarray:
+        if not self.clicks:
+            rows, cols = np.ogrid[: self.mask.shape[0], : self.mask.shape[1]]
+            self.mask = (rows - y) ** 2 + (cols - x) ** 2 <= 25
+        self.clicks.append((x, y, positive))
+        return self.mask
 
 
-def test_dinov2_selector_loads_the_configured_local_model(engine, tmp_path, monkeypatch):
+def test_click_tracks_continue_and_stay_within_their_byte_bound(engine):
+    image = np.zeros((40, 40, 3), np.uint8)
+    image[24:37, 24:37] = 255  # an object far from the first clicks
+    started: list[str] = []
+
+    def apply(tracks: ClickTracks, label: str, clicks: tuple[Click, ...]) -> list:
+        def new_session():
+            started.append(label)
+            return _FakeSession(image)
+
+        return tracks.apply(engine, image, "1", label, clicks, new_session)
+
+    first, second = Click(10, 10, True), Click(12, 11, False)
+    tracks = ClickTracks(capacity_mb=5)  # room for two one-object tracks (~2 MB each)
+    for label in ("A", "B", "C"):
+        apply(tracks, label, (first,))
+    assert started == ["A", "B", "C"]
+    (session,) = apply(tracks, "C", (first, second))  # C continues: only the new click
+    assert started == ["A", "B", "C"] and session.clicks == [(10, 10, True), (12, 11, False)]
+    apply(tracks, "A", (first, second))  # A was the least recently used: dropped, redone
+    assert started == ["A", "B", "C", "A"]
+    # A positive click on no object whose own SAM mask touches no object starts a second
+    # object; a negative click before any object does nothing.
+    assert len(apply(tracks, "C", (first, second, Click(30, 30, True)))) == 2
+    assert apply(tracks, "D", (Click(5, 5, False),)) == []
+
+
+def test_intent_and_depth_model_come_from_the_settings(engine, tmp_path, monkeypatch):
     from transformers import Dinov2Config, Dinov2Model
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     path = tmp_path / "dinov2"
-    cfg = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                       image_size=56, patch_size=14)
-    Dinov2Model(cfg).save_pretrained(path)
-    settings = Settings.from_env(
-        {"SMARTSAM_SELECTOR": "dinov2", "DINOV2_MODEL": str(path), "MODEL_DIR": str(tmp_path / "m")}
+    cfg = Dinov2Config(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=56,
+        patch_size=14,
     )
-    model = PromptMoEModel(engine, settings)
-    assert model.selector.name == "dinov2" and model.selector.model_id == str(path)
+    Dinov2Model(cfg).save_pretrained(path)
+    env = {
+        "SMARTSAM_SELECTOR": "dinov2",
+        "DINOV2_MODEL": str(path),
+        "MODEL_DIR": str(tmp_path / "m"),
+        "PROMPTMOE_DEPTH_MODEL": str(tmp_path / "depth"),
+    }
+    model = PromptMoEModel(engine, load_settings(env))
+    assert model.intent.name == "dinov2" and model.intent.model_id == str(path)
+    assert model.depth is not None and model.depth.model == str(tmp_path / "depth")
+    model = PromptMoEModel(engine, _settings(model_dir=str(tmp_path / "m"), intent="none"))
+    assert model.intent.name == "none" and model.depth is None

@@ -1,14 +1,16 @@
-"""Settings, labeling config parsing and the reference store."""
+"""Settings (the one loader), labeling config parsing and the reference store."""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+from dataclasses import fields
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ls_backend.config import Settings
+from ls_backend.config import OPTIONS, EngineSettings, Settings, load_settings
 from ls_backend.label_config import LabelConfigError, parse_label_config
 from ls_backend.references import ReferenceStore, pack_mask, unpack_mask
 
@@ -18,19 +20,79 @@ CONFIG = """<View>
   <KeyPointLabels name="kp" toName="image" smart="true">
     <Label value="Cat" smart="true"/><Label value="Dog" smart="true"/>
   </KeyPointLabels>
-  <RectangleLabels name="rect" toName="image" smart="true"><Label value="Cat"/><Label value="Dog"/></RectangleLabels>
+  <RectangleLabels name="rect" toName="image" smart="true">
+    <Label value="Cat"/><Label value="Dog"/>
+  </RectangleLabels>
 </View>"""
 
 
 def test_settings_from_env_parse_and_validate(tmp_path):
-    s = Settings.from_env({"MODEL_DIR": str(tmp_path), "MAX_REFERENCES": "3", "ALLOWED_IMAGE_HOSTS": "a, B",
-                           "LABEL_STUDIO_URL": "http://h:8080/", "IMAGE_TIMEOUT": "2.5"})
+    s = load_settings(
+        {
+            "MODEL_DIR": str(tmp_path),
+            "MAX_REFERENCES": "3",
+            "ALLOWED_IMAGE_HOSTS": "a, B",
+            "LABEL_STUDIO_URL": "http://h:8080/",
+            "IMAGE_TIMEOUT": "2.5",
+            "EMBEDDING_CACHE_MB": "64",
+            "SMARTSAM_SELECTOR": "dinov2",
+            "PROMPTMOE_DEPTH_MODEL": "depth-model",
+            "MASK_DATA_KEY": "",
+        }
+    )
     assert s.model_dir == tmp_path and s.max_references == 3 and s.allowed_hosts == ("a", "b")
     assert s.label_studio_url == "http://h:8080" and s.image_timeout == 2.5
+    assert s.intent == "dinov2" and s.depth_model == "depth-model" and s.mask_data_key == "mask"
+    assert s.engine == EngineSettings(cache_mb=64.0) and s.local_files_root is None
     with pytest.raises(ValueError, match="BASIC_AUTH_PASS"):
-        Settings.from_env({"BASIC_AUTH_USER": "u"})
-    with pytest.raises(ValueError, match="max_references"):
-        Settings.from_env({"MAX_REFERENCES": "many"})
+        load_settings({"BASIC_AUTH_USER": "u"})
+    with pytest.raises(ValueError, match="MAX_REFERENCES must be >= 0"):
+        load_settings({"MAX_REFERENCES": "-1"})
+
+
+def test_overrides_win_over_the_environment(monkeypatch):
+    monkeypatch.setenv("MAX_REFERENCES", "7")
+    assert load_settings().max_references == 7  # environ None: the process environment
+    env = {
+        "DEVICE": "cuda",
+        "MAX_REFERENCES": "3",
+        "SMARTSAM_SELECTOR": "none",
+        "DINOV2_MODEL": "d",
+    }
+    s = load_settings(
+        env, {"device": "cpu", "max_references": "5", "intent": None, "model_dir": ""}
+    )
+    assert s.engine.device == "cpu" and s.max_references == 5  # flags given: they win
+    assert s.intent == "none" and s.dinov2_model == "d"  # a flag left out (None): the env's
+    assert s.model_dir == Path(".")  # an empty flag is a value, an empty variable is not
+    assert load_settings({}) == Settings()
+    assert load_settings({"IMAGE_TIMEOUT": "x"}, {"image_timeout": "5"}).image_timeout == 5.0
+    with pytest.raises(ValueError, match="unknown settings.*'selector'"):
+        load_settings({}, {"selector": "sam"})
+
+
+@pytest.mark.parametrize(
+    "env, overrides, message",
+    [
+        ({"MAX_REFERENCES": "many"}, {}, "MAX_REFERENCES: cannot parse 'many'"),
+        ({"EMBEDDING_CACHE_MB": "lots"}, {}, "EMBEDDING_CACHE_MB: cannot parse 'lots'"),
+        ({"MAX_IMAGE_MB": "8"}, {"max_image_mb": "8MB"}, "--max-image-mb: cannot parse '8MB'"),
+    ],
+)
+def test_a_bad_number_names_its_variable(env, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        load_settings(env, overrides)
+
+
+def test_every_setting_has_one_option():
+    engine = {f.name for f in fields(EngineSettings)}
+    backend = {f.name for f in fields(Settings)} - {"engine"}
+    assert {o.field for o in OPTIONS if o.section == "engine"} == engine
+    assert {o.field for o in OPTIONS if o.section == "backend"} == backend
+    for column in ("field", "env", "flag"):
+        values = [getattr(o, column) for o in OPTIONS]
+        assert len(set(values)) == len(values), f"duplicate {column}"
+    assert all(o.flag.startswith("--") and "(env" not in o.help for o in OPTIONS)
 
 
 def test_label_config_finds_brush_and_smart_tools():
@@ -45,8 +107,11 @@ def test_label_config_finds_brush_and_smart_tools():
     [
         ("", "empty"),
         ("<View><Image name='i' value='$img'/>", "cannot parse"),
-        ("<View><Image name='i' value='$img'/><RectangleLabels name='r' toName='i'><Label value='A'/>"
-         "</RectangleLabels></View>", "no <BrushLabels>"),
+        (
+            "<View><Image name='i' value='$img'/><RectangleLabels name='r' toName='i'>"
+            "<Label value='A'/></RectangleLabels></View>",
+            "no <BrushLabels>",
+        ),
     ],
 )
 def test_label_config_errors_say_what_to_fix(config, message):
@@ -68,7 +133,9 @@ def _masks(n: int) -> list[np.ndarray]:
 def test_references_survive_reopen_and_delete(tmp_path):
     store = ReferenceStore(tmp_path)
     a, b, c = _masks(3)
-    store.replace_annotation("1", 10, 5, "/data/upload/1/a.png", [("0:x", "Cat", a), ("1:y", "Dog", b)])
+    store.replace_annotation(
+        "1", 10, 5, "/data/upload/1/a.png", [("0:x", "Cat", a), ("1:y", "Dog", b)]
+    )
     store.replace_annotation("1", 11, 6, "/data/upload/1/b.png", [("0:z", "Cat", c)])
     store.replace_annotation("2", 12, 7, "/data/upload/2/c.png", [("0:w", "Cat", c)])
     reopened = ReferenceStore(tmp_path)
@@ -91,7 +158,11 @@ def test_drafts_pair_with_final_annotations(tmp_path):
     store.put_draft("1", 5, "Cat", "/img.png", draft)
     assert store.pair_annotation("1", 10, 5, {"Cat": final, "Dog": other}) == 1  # no Dog draft
     (pair,) = store.pairs()
-    assert pair.label == "Cat" and np.array_equal(pair.draft, draft) and np.array_equal(pair.final, final)
+    assert (
+        pair.label == "Cat"
+        and np.array_equal(pair.draft, draft)
+        and np.array_equal(pair.final, final)
+    )
     assert store.pair_annotation("1", 10, 5, {"Cat": final[:10]}) == 0  # size mismatch -> no pair
     assert store.pairs() == []
     path = tmp_path / "router-1.pt"
@@ -108,7 +179,9 @@ def _write_then_die(path: str) -> None:
 
 
 def test_crash_mid_write_keeps_committed_data(tmp_path):
-    proc = multiprocessing.get_context("fork").Process(target=_write_then_die, args=(str(tmp_path),))
+    proc = multiprocessing.get_context("fork").Process(
+        target=_write_then_die, args=(str(tmp_path),)
+    )
     proc.start()
     proc.join(30)
     assert proc.exitcode == 1

@@ -7,8 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from promptmoe_plugin.experts.geometry import edge_distance, to_image_frame, to_working
-from promptmoe_plugin.ppe import STRENGTH, gaussian_mask_prompt, negative_point, place_points, refinement_prompt
+from promptmoe_plugin.experts.geometry import edge_distance
+from promptmoe_plugin.ppe import (
+    STRENGTH,
+    gaussian_mask_prompt,
+    negative_point,
+    place_points,
+    refinement_prompt,
+)
+from promptmoe_plugin.sam.frames import mask_to_working, working_to_image
 
 
 def blob(h: int = 120, w: int = 160) -> np.ndarray:
@@ -101,12 +108,12 @@ def test_mask_prompt_scale_shapes_the_inside_only():
 def test_refinement_prompt_maps_to_image_pixels(engine, voc):
     emb = engine.embed(voc["rgb"])
     gt = voc["masks"][np.argmax(voc["masks"].sum(axis=(1, 2)))]
-    m = to_working(emb, gt)
+    m = mask_to_working(emb, gt)
     pos = place_points(edge_distance(m), m, k=2)
     prompt = refinement_prompt(emb, m, pos)
     assert prompt.mask_logits.shape == (256, 256)
     assert prompt.labels.tolist() == [1, 1, 0]
-    np.testing.assert_allclose(prompt.points[:2], to_image_frame(emb, pos))
+    np.testing.assert_allclose(prompt.points[:2], working_to_image(emb, pos))
     H, W = gt.shape
     assert (prompt.points[:, 0] < W).all() and (prompt.points[:, 1] < H).all()
     ys, xs = np.nonzero(gt)

@@ -1,17 +1,29 @@
-"""End-to-end refinement: every variant on a real photo, and `full` improving a morph mask."""
+"""End-to-end refinement: every variant on a real photo, `full` improving a morph mask,
+and the settings (:class:`RefineConfig`)."""
 
 from __future__ import annotations
 
-import re
+import dataclasses
 
 import numpy as np
 import pytest
 
 from promptmoe_plugin.eval.coarse import make_coarse
 from promptmoe_plugin.experts import EXPERTS
-from promptmoe_plugin.experts.geometry import to_working
-from promptmoe_plugin.eval.metrics import iou
-from promptmoe_plugin.refine import VARIANTS, refine
+from promptmoe_plugin.masks import mask_iou
+from promptmoe_plugin.refine import PAPER_REFINE, VARIANTS, RefineConfig, refine
+from promptmoe_plugin.router import load_router
+from promptmoe_plugin.sam.frames import mask_to_working
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return mask_iou(a, b, empty=1.0)
+
+
+@pytest.fixture(scope="module")
+def router():
+    """The shipped selector, read once for the module."""
+    return load_router()
 
 
 @pytest.fixture(scope="module")
@@ -21,12 +33,13 @@ def case(voc):
     return image, gt, make_coarse(gt, image, "morph", seed=3)
 
 
-def test_full_improves_a_morph_degraded_mask(engine, case):
+def test_full_improves_a_morph_degraded_mask(engine, case, router):
     image, gt, coarse = case
     encodes = engine.stats().encodes
     engine.embed(image)
     before = engine.stats().encodes
-    out = refine(engine, image, coarse, "full", grid=3, box_gate=None, stable_pick=False)
+    config = RefineConfig(grid=3, box_gate=None, stable_pick=False)
+    out = refine(engine, image, coarse, "full", config, router=router)
     assert out.source == "experts"
     assert engine.stats().encodes == before  # the embedding is computed once and reused
     assert before - encodes <= 1
@@ -38,13 +51,16 @@ def test_full_improves_a_morph_degraded_mask(engine, case):
     assert len(p.points) == len(p.labels) and p.labels[-1] == 0 and p.box.shape == (4,)
     H, W = gt.shape
     assert (p.points[:, 0] <= W).all() and (p.points[:, 1] <= H).all()
-    assert {"encode", "router", "experts", "fusion", "prompts", "decode", "upscale"} <= set(out.timings)
+    assert {"encode", "router", "experts", "fusion", "prompts", "decode", "upscale"} <= set(
+        out.timings
+    )
 
 
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "full"])
-def test_every_variant_returns_an_image_frame_mask(engine, case, variant):
+def test_every_variant_returns_an_image_frame_mask(engine, case, router, variant):
     image, gt, coarse = case
-    out = refine(engine, image, coarse, variant, grid=3, iterations=1, box_gate=None)
+    config = RefineConfig(grid=3, iterations=1, box_gate=None)
+    out = refine(engine, image, coarse, variant, config, router=router)
     assert out.mask.shape == gt.shape and out.mask.dtype == bool and out.mask.any()
     if variant == "unrefined":
         np.testing.assert_array_equal(out.mask, coarse)
@@ -56,43 +72,53 @@ def test_every_variant_returns_an_image_frame_mask(engine, case, variant):
 
 
 @pytest.mark.parametrize("variant", ["full", "lite"])
-def test_box_gate_returns_sams_box_answer_when_it_agrees_with_the_draft(engine, case, variant):
+def test_box_gate_returns_sams_box_answer_when_it_agrees_with_the_draft(
+    engine, case, router, variant
+):
     image, gt, coarse = case
     box = refine(engine, image, coarse, "sam-box")
-    gated = refine(engine, image, coarse, variant, box_gate=0.0)
+    gated = refine(engine, image, coarse, variant, RefineConfig(box_gate=0.0), router=router)
     np.testing.assert_array_equal(gated.mask, box.mask)
     assert gated.score == pytest.approx(box.score)
-    assert gated.experts == {} and "experts" not in gated.timings and gated.source == box.source == "box"
+    assert (
+        gated.experts == {}
+        and "experts" not in gated.timings
+        and gated.source == box.source == "box"
+    )
     np.testing.assert_array_equal(gated.prompts.box, box.prompts.box)
-    open_gate = refine(engine, image, coarse, variant, box_gate=1.0, iterations=1)  # IoU never exceeds 1
-    assert len(open_gate.experts) == 2 and "experts" in open_gate.timings and open_gate.source in ("experts", "plain")
+    # IoU never exceeds 1: the gate stays open
+    open_config = RefineConfig(box_gate=1.0, iterations=1)
+    open_gate = refine(engine, image, coarse, variant, open_config, router=router)
+    assert len(open_gate.experts) == 2 and "experts" in open_gate.timings
+    assert open_gate.source in ("experts", "plain")
 
 
 @pytest.mark.parametrize("prefer", ["experts", "plain"])
-def test_stable_pick_returns_the_more_stable_answer(engine, case, monkeypatch, prefer):
+def test_stable_pick_returns_the_more_stable_answer(engine, case, router, monkeypatch, prefer):
     """Where the experts ran, the result is the experts' answer or the plain mask-prompt
     (SAMRefiner) answer, whichever has the higher stability score."""
     import promptmoe_plugin.refine as refine_module
 
     image, gt, coarse = case
-    opts = dict(grid=3, iterations=2, box_gate=None)
-    experts = refine(engine, image, coarse, "full", stable_pick=False, **opts)
-    plain = refine(engine, image, coarse, "samrefiner", iterations=2)
+    config = RefineConfig(grid=3, iterations=2, box_gate=None)
+    no_pick = dataclasses.replace(config, stable_pick=False)
+    experts = refine(engine, image, coarse, "full", no_pick, router=router)
+    plain = refine(engine, image, coarse, "samrefiner", RefineConfig(iterations=2))
     assert (experts.source, plain.source) == ("experts", "plain")
     winner = experts if prefer == "experts" else plain
     loser = plain if prefer == "experts" else experts
     assert not np.array_equal(winner.mask, loser.mask)  # the choice is visible in the result
-    real = refine(engine, image, coarse, "full", **opts)  # SAM's own stability decides
+    real = refine(engine, image, coarse, "full", config, router=router)  # SAM's stability decides
     np.testing.assert_array_equal(real.mask, {"experts": experts, "plain": plain}[real.source].mask)
 
     # A stand-in stability that favours ``winner``: the comparison must follow it.
-    winner_working = to_working(engine.embed(image), winner.mask)
+    winner_working = mask_to_working(engine.embed(image), winner.mask)
 
     def stability(working):
         return float(iou(working > 0, winner_working))
 
     monkeypatch.setattr(refine_module, "stability_score", stability)
-    picked = refine(engine, image, coarse, "full", **opts)
+    picked = refine(engine, image, coarse, "full", config, router=router)
     assert picked.source == prefer and picked.experts == experts.experts
     np.testing.assert_array_equal(picked.mask, winner.mask)
 
@@ -105,44 +131,114 @@ def test_bad_input_is_rejected(engine, case):
         refine(engine, image, np.zeros_like(coarse), "full")
     with pytest.raises(ValueError, match="image"):
         refine(engine, image, coarse[:10], "full")
-    with pytest.raises(ValueError, match="options"):
-        refine(engine, image, coarse, "full", bogus=1)
-    for gate in ("0.6", 1.5, True):
-        with pytest.raises(ValueError, match="box_gate"):
-            refine(engine, image, coarse, "full", box_gate=gate)
-
-
-def test_refine_command_writes_mask_and_overlay(tmp_path, case, capsys):
-    from promptmoe_plugin.cli import main
-    from promptmoe_plugin.images import load_mask, save_mask
-    from PIL import Image
-
-    image, gt, coarse = case
-    Image.fromarray(image).save(tmp_path / "img.png")
-    save_mask(coarse, tmp_path / "coarse.png")
-    rc = main(["refine", "--image", str(tmp_path / "img.png"), "--mask", str(tmp_path / "coarse.png"), "--variant", "lite",
-               "-o", str(tmp_path / "out.png"), "--overlay", str(tmp_path / "ov.png"), "--device", "cpu"])
-    assert rc == 0
-    assert re.match(r"lite: (box|experts|plain) answer, predicted IoU \d\.\d{3}; encode=", capsys.readouterr().out)
-    out = load_mask(tmp_path / "out.png")
-    assert out.shape == gt.shape and iou(out, gt) > 0.5
-    assert Image.open(tmp_path / "ov.png").size == (gt.shape[1], gt.shape[0])
+    with pytest.raises(ValueError, match="uint8"):
+        refine(engine, image.astype(np.float32), coarse, "full")
+    with pytest.raises(TypeError, match="RefineConfig"):
+        refine(engine, image, coarse, "full", {"k": 5})
 
 
 def test_fixed_experts_option(engine, case):
     image, gt, coarse = case
-    out = refine(engine, image, coarse, "lite", experts="edge,color", iterations=1)
+    out = refine(
+        engine, image, coarse, "lite", RefineConfig(experts=("edge", "color"), iterations=1)
+    )
     assert out.experts == {"edge": 1.0, "color": 1.0}
     with pytest.raises(ValueError, match="not available"):
-        refine(engine, image, coarse, "lite", experts="sam_box")
+        refine(engine, image, coarse, "lite", RefineConfig(experts=("sam_box",)))
 
 
-def test_stage_timings_run_the_experts_at_both_sizes(engine):
-    from conftest import data_dir
-    from promptmoe_plugin.refine import NON_SAM_STAGES, stage_timings
+def test_config_defaults_and_the_paper_settings():
+    config = RefineConfig()
+    assert (config.k, config.box_gate, config.stable_pick, config.experts) == (1, 0.6, True, None)
+    assert (
+        dataclasses.replace(
+            config,
+            k=5,
+            prompt_mix=1.0,
+            agreement_power=0.0,
+            anchor=False,
+            box_gate=None,
+            stable_pick=False,
+        )
+        == PAPER_REFINE
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.k = 3  # type: ignore[misc]
 
-    result = stage_timings(engine, [str(data_dir("GrabCut"))], "lite", limit=1, scale=2)
-    assert set(result) == {"original", "x2"}
-    for stages in result.values():
-        assert stages["experts"] > 0 and stages["decode"] > 0  # the gate is off: experts always run
-        assert stages["non_sam_total"] == pytest.approx(sum(stages.get(s, 0.0) for s in NON_SAM_STAGES))
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("k", 0),
+        ("k", 1.5),
+        ("k", True),
+        ("lam", 1.0),
+        ("lam", -0.1),
+        ("floor", 2.0),
+        ("anchor", 1),
+        ("prompt_mix", 1.5),
+        ("agreement_power", -1.0),
+        ("box_gate", "0.6"),
+        ("box_gate", 1.5),
+        ("box_gate", True),
+        ("stable_pick", "yes"),
+        ("iterations", 0),
+        ("gamma", 0.0),
+        ("strength", -1.0),
+        ("budget", 0),
+        ("grid", 0),
+        ("experts", ()),
+        ("experts", ("edge", "nope")),
+        ("experts", "edge,color"),
+    ],
+)
+def test_config_rejects_bad_values_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=rf"RefineConfig\.{field} must be"):
+        RefineConfig(**{field: value})
+
+
+def test_config_from_strings():
+    config = RefineConfig.from_strings(
+        {"k": "5", "lam": "0.1", "box_gate": "none", "experts": "edge, color", "anchor": "false"}
+    )
+    assert config == RefineConfig(
+        k=5, lam=0.1, box_gate=None, experts=("edge", "color"), anchor=False
+    )
+    assert RefineConfig.from_strings({"box_gate": "0.7", "stable_pick": "True"}).box_gate == 0.7
+    assert RefineConfig.from_strings({"experts": "None"}).experts is None
+    assert RefineConfig.from_strings({}) == RefineConfig()
+    with pytest.raises(ValueError, match=r"unknown RefineConfig fields \['kk'\]; known: k, lam"):
+        RefineConfig.from_strings({"kk": "5"})
+    with pytest.raises(ValueError, match=r"RefineConfig\.k: invalid literal"):
+        RefineConfig.from_strings({"k": "five"})
+    with pytest.raises(ValueError, match=r"RefineConfig\.anchor: expected true or false"):
+        RefineConfig.from_strings({"anchor": "maybe"})
+    with pytest.raises(ValueError, match=r"RefineConfig\.k must be an integer >= 1"):
+        RefineConfig.from_strings({"k": "0"})
+
+
+def test_without_a_router_the_shipped_weights_select(engine, case, router):
+    image, gt, coarse = case
+    config = RefineConfig(grid=3, iterations=1, box_gate=None, stable_pick=False)
+    shipped = refine(engine, image, coarse, "lite", config)
+    given = refine(engine, image, coarse, "lite", config, router=router)
+    assert shipped.experts == given.experts and len(shipped.experts) == 2
+    np.testing.assert_array_equal(shipped.mask, given.mask)
+
+
+class _RampDepth:
+    """A stand-in depth estimator: depth grows from left to right (working frame)."""
+
+    def depth(self, emb):
+        h, w = emb.input_size
+        return np.tile(np.linspace(0, 10, w, dtype=np.float32), (h, 1))
+
+
+def test_a_depth_estimator_adds_the_depth_expert(engine, case):
+    image, gt, coarse = case
+    config = RefineConfig(grid=3, iterations=1, box_gate=None, stable_pick=False)
+    with_depth = refine(engine, image, coarse, "dense", config, depth=_RampDepth())
+    assert len(with_depth.experts) == len(EXPERTS) and "depth" in with_depth.experts
+    depth_only = dataclasses.replace(config, experts=("depth",))
+    with pytest.raises(ValueError, match="not available"):
+        refine(engine, image, coarse, "dense", depth_only)  # no estimator, no depth expert

@@ -7,19 +7,25 @@ import pytest
 import torch
 
 from promptmoe_plugin.experts import CHEAP_EXPERTS, EXPERTS
-from promptmoe_plugin.experts.geometry import to_working
 from promptmoe_plugin.router import (
     CONTEXT_DIM,
+    DEFAULT_WEIGHTS,
     Example,
     PairRouter,
     Router,
     context_features,
     evaluate,
     fit,
+    load_examples,
     load_router,
+    make_example,
     refit_router,
+    save_examples,
+    save_router,
     shape_features,
+    split_by_image,
 )
+from promptmoe_plugin.sam.frames import mask_to_working
 
 
 def test_shape_features_known_answers():
@@ -38,12 +44,14 @@ def test_shape_features_known_answers():
 
 def test_context_is_518_finite_and_deterministic(engine, voc):
     emb = engine.embed(voc["rgb"])
-    m = to_working(emb, voc["masks"][0])
+    m = mask_to_working(emb, voc["masks"][0])
     c = context_features(emb, m)
     assert c.shape == (CONTEXT_DIM,) == (518,) and c.dtype == np.float32 and np.isfinite(c).all()
-    assert np.linalg.norm(c[256:512]) == pytest.approx(1.0, abs=1e-4)  # masked pooling, L2-normalised
+    assert np.linalg.norm(c[256:512]) == pytest.approx(
+        1.0, abs=1e-4
+    )  # masked pooling, L2-normalised
     np.testing.assert_array_equal(c, context_features(emb, m))
-    other = context_features(emb, to_working(emb, voc["masks"][1]))
+    other = context_features(emb, mask_to_working(emb, voc["masks"][1]))
     assert not np.allclose(c[256:], other[256:]) and np.allclose(c[:256], other[:256])
 
 
@@ -72,7 +80,10 @@ def test_fit_learns_a_context_dependent_best_pair():
     n = len(EXPERTS)
     for i in range(80):
         kind = i % 2  # two kinds of context (e.g. two kinds of scene), each with its best pair
-        ctx = (rng.normal(size=CONTEXT_DIM) * 0.5 + np.where(np.arange(CONTEXT_DIM) < 64, 2 * kind - 1, 0)).astype(np.float32)
+        ctx = (
+            rng.normal(size=CONTEXT_DIM) * 0.5
+            + np.where(np.arange(CONTEXT_DIM) < 64, 2 * kind - 1, 0)
+        ).astype(np.float32)
         best = (0, 1) if kind else (3, 6)  # edge+color or texture+superpixel
         table = np.full((n, n), 0.80, np.float32) + rng.normal(0, 0.005, (n, n)).astype(np.float32)
         table = (table + table.T) / 2
@@ -85,13 +96,69 @@ def test_fit_learns_a_context_dependent_best_pair():
     assert figures["router_iou"] > figures["mean_pair_iou"] + 5
 
 
-def test_shipped_weights_load_and_state_their_training_images():
+def test_shipped_weights_load_and_state_their_training_images(tmp_path):
+    assert DEFAULT_WEIGHTS.name == "router.pt" and DEFAULT_WEIGHTS.parent.name == "weights"
     router = load_router()
     assert router.mean.shape == (CONTEXT_DIM,)
-    assert router.meta["trained_on"] and set(router.meta["trained_on"]).isdisjoint(router.meta["held_out"])
-    assert load_router() is router  # cached
+    assert router.meta["trained_on"] and set(router.meta["trained_on"]).isdisjoint(
+        router.meta["held_out"]
+    )
+    again = load_router()
+    assert again is not router  # read anew: no module-level cache
+    ctx = np.random.default_rng(0).normal(size=CONTEXT_DIM).astype(np.float32)
+    np.testing.assert_array_equal(again.pair_scores(ctx), router.pair_scores(ctx))
+    path = tmp_path / "copy.pt"
+    save_router(router, path)
+    np.testing.assert_array_equal(load_router(path).pair_scores(ctx), router.pair_scores(ctx))
     with pytest.raises(FileNotFoundError):
         load_router("/nonexistent/router.pt")
+
+
+def _examples(n_images: int) -> list[Example]:
+    rng = np.random.default_rng(1)
+    out = []
+    for i in range(n_images):
+        for kind in ("lowres", "morph"):
+            iou = rng.uniform(0.5, 1, (len(EXPERTS), len(EXPERTS))).astype(np.float32)
+            ctx = rng.normal(size=CONTEXT_DIM).astype(np.float32)
+            out.append(Example(f"ds/img{i}", kind, ctx, iou, float(rng.uniform())))
+    return out
+
+
+def test_examples_round_trip_and_split_by_image(tmp_path):
+    examples = _examples(9)
+    path = tmp_path / "examples.npz"
+    save_examples(examples, path)
+    loaded = load_examples(path)
+    assert [(e.name, e.kind, e.unrefined) for e in loaded] == [
+        (e.name, e.kind, e.unrefined) for e in examples
+    ]
+    for a, b in zip(loaded, examples, strict=True):
+        np.testing.assert_array_equal(a.context, b.context)
+        np.testing.assert_array_equal(a.iou, b.iou)
+    train, held = split_by_image(examples, 1 / 3, seed=0)
+    assert len({e.name for e in held}) == 3 and len(train) + len(held) == len(examples)
+    assert {e.name for e in train}.isdisjoint(
+        {e.name for e in held}
+    )  # both kinds of an image together
+    again = split_by_image(examples, 1 / 3, seed=0)
+    assert [e.name for e in again[1]] == [e.name for e in held]  # seeded
+
+
+def test_make_example_measures_every_available_pair(engine, voc):
+    from promptmoe_plugin.eval.coarse import make_coarse
+
+    image = voc["rgb"]
+    gt = voc["masks"][np.argmax(voc["masks"].sum(axis=(1, 2)))]
+    coarse = make_coarse(gt, image, "morph", seed=2)
+    names = ("edge", "color", "depth")  # no depth estimator: depth is left out
+    ex = make_example(engine, "voc/0", "morph", image, coarse, gt, None, names)
+    e, c, d = (EXPERTS.index(n) for n in names)
+    assert np.isfinite(ex.iou[e, c]) and ex.iou[e, c] == ex.iou[c, e] and 0 < ex.iou[e, c] <= 1
+    assert np.isnan(ex.iou[e, d]) and np.isnan(ex.iou[e, e])
+    inter, union = (coarse & gt).sum(), (coarse | gt).sum()
+    assert ex.unrefined == pytest.approx(inter / union)
+    assert ex.context.shape == (CONTEXT_DIM,)
 
 
 def test_refit_from_triples_writes_weights(engine, voc, tmp_path):
@@ -101,7 +168,13 @@ def test_refit_from_triples_writes_weights(engine, voc, tmp_path):
     final = voc["masks"][np.argmax(voc["masks"].sum(axis=(1, 2)))]
     draft = make_coarse(final, image, "morph", seed=1)
     out = tmp_path / "refit.pt"
-    figures = refit_router(engine, [(image, draft, final)], out, epochs=20, names=("edge", "color", "brightness", "contrast"))
+    figures = refit_router(
+        engine,
+        [(image, draft, final)],
+        out,
+        epochs=20,
+        names=("edge", "color", "brightness", "contrast"),
+    )
     assert out.is_file() and figures["examples"] == 1
     assert 0 <= figures["after"]["router_iou"] <= 100 and np.isfinite(figures["loss"])
     refit = load_router(out)

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import skimage.data
 import torch
+from conftest import data_dir
 from PIL import Image
 from scipy import ndimage
 
-from conftest import data_dir
-from promptmoe_plugin.eval.metrics import iou
 from promptmoe_plugin.images import load_image
+from promptmoe_plugin.masks import mask_iou
 from promptmoe_plugin.sam import (
     CheckpointError,
     LRUCache,
@@ -25,6 +26,21 @@ from promptmoe_plugin.sam import (
     load_sam,
     stability_score,
 )
+from promptmoe_plugin.sam.build import resolve_device
+from promptmoe_plugin.sam.frames import (
+    crop_lowres,
+    lowres_pixel,
+    lowres_shape,
+    lowres_shape_rounded,
+    lowres_to_image,
+    mask_to_working,
+    working_shape,
+    working_to_image,
+)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return mask_iou(a, b, empty=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +71,7 @@ def test_tinyvit_attention_bias_cache_holds_loaded_weights(engine):
 
 def _instances(voc, name: str) -> list[np.ndarray]:
     label = voc["class_names"].index(name)
-    return [m for m, lab in zip(voc["masks"], voc["labels"]) if lab == label]
+    return [m for m, lab in zip(voc["masks"], voc["labels"], strict=True) if lab == label]
 
 
 def _deepest_point(mask: np.ndarray) -> list[float]:
@@ -83,7 +99,7 @@ def test_box_prompt_segments_voc_objects(engine, voc):
     emb = engine.embed(voc["rgb"])
     out = engine.decode(emb, [Prompt(box=_tight_box(m)) for m in people], multimask=False)
     assert out.masks.shape == (3, 1, *people[0].shape)
-    for mask, gt in zip(out.masks[:, 0], people):
+    for mask, gt in zip(out.masks[:, 0], people, strict=True):
         assert iou(mask, gt) >= 0.7
 
 
@@ -96,7 +112,9 @@ def test_grabcut_clicks_and_boxes(engine):
         raw = np.asarray(Image.open(folder / "boundary_GT" / f"{path.stem}.bmp").convert("L"))
         gt, valid = raw == 255, raw != 128
         emb = engine.embed(image)
-        out = engine.decode(emb, [Prompt(points=[_deepest_point(gt)], labels=[1]), Prompt(box=_tight_box(gt))])
+        out = engine.decode(
+            emb, [Prompt(points=[_deepest_point(gt)], labels=[1]), Prompt(box=_tight_box(gt))]
+        )
         best = out.best()
         click_ious.append(iou(out.masks[0, best[0]] & valid, gt & valid))
         box_ious.append(iou(out.masks[1, best[1]] & valid, gt & valid))
@@ -111,13 +129,18 @@ def test_stability_score_known_answers():
     sharp = np.where(np.arange(9) < 4, -10.0, 10.0) * np.ones((3, 1))
     batch = stability_score(np.stack([sharp, ramp, np.full((3, 9), -5.0)]))
     assert batch.shape == (3,)
-    np.testing.assert_allclose(batch, [1.0, 0.6, 1.0])  # a hard edge is stable; an empty mask counts as 1
+    np.testing.assert_allclose(
+        batch, [1.0, 0.6, 1.0]
+    )  # a hard edge is stable; an empty mask counts as 1
+
 
 def test_many_prompts_encode_once(astronaut):
     engine = SamEngine.create(device="cpu", cache_mb=64)
     emb = engine.embed(astronaut)
     for x in range(50, 500, 50):
-        engine.decode(engine.embed(astronaut), [Prompt(points=[[x, 200]], labels=[1])], frame="none")
+        engine.decode(
+            engine.embed(astronaut), [Prompt(points=[[x, 200]], labels=[1])], frame="none"
+        )
     stats = engine.stats()
     assert stats.encodes == 1
     assert stats.cache.misses == 1 and stats.cache.hits == 9
@@ -149,6 +172,29 @@ def test_lru_cache_order_and_bound():
     assert stats.bytes == 30 and stats.evictions == 1
     with pytest.raises(ValueError):
         LRUCache(-1)
+
+
+def test_lru_cache_pop_removes_and_returns():
+    cache: LRUCache[str] = LRUCache(capacity_mb=30 / 1024 / 1024)  # 30 bytes
+    cache.put("a", "A", 10)
+    cache.put("b", "B", 20)
+    assert cache.pop("a") == "A" and "a" not in cache and len(cache) == 1
+    assert cache.pop("a") is None  # absent
+    assert cache.stats().bytes == 20
+    cache.put("c", "C", 10)  # fits in the bytes "a" freed: nothing evicted
+    assert cache.stats().evictions == 0 and cache.get("b") == "B"
+
+
+def test_image_caches_belong_to_their_engine(engine):
+    regions = engine.image_cache("test_regions", 1)
+    assert engine.image_cache("test_regions", 1) is regions  # created once, same object after
+    assert engine.image_cache("test_labels", 1) is not regions
+    other = SamEngine(engine.sam, cache_mb=8)
+    assert other.image_cache("test_regions", 1) is not regions
+    regions.put(("key", 3), "value", 8)
+    assert ("key", 3) not in other.image_cache("test_regions", 1)
+    with pytest.raises(ValueError, match="another capacity"):
+        engine.image_cache("test_regions", 2)
 
 
 def test_batched_decode_equals_one_at_a_time(engine, astronaut):
@@ -254,16 +300,24 @@ def test_checkpoint_errors(tmp_path):
     torch.save({"layer.weight": torch.zeros(2)}, other)
     with pytest.raises(CheckpointError, match="not a SAM checkpoint"):
         load_sam(other)
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a CPU-only machine
     with pytest.raises(ValueError, match="CUDA is not available"):
-        if torch.cuda.is_available():
-            raise ValueError("CUDA is not available (skipped: a GPU is present)")
         load_sam(device="cuda")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        resolve_device("cuda:1")
+    assert resolve_device("auto") == torch.device("cpu")
 
 
 def test_model_type_is_read_from_state_dict():
     state = torch.load(default_checkpoint(), map_location="cpu", weights_only=True)
     assert detect_model_type(state) == "vit_t"
-    vit = {"mask_decoder.x": torch.zeros(1), "image_encoder.pos_embed": torch.zeros(1, 64, 64, 1024)}
+    vit = {
+        "mask_decoder.x": torch.zeros(1),
+        "image_encoder.pos_embed": torch.zeros(1, 64, 64, 1024),
+    }
     assert detect_model_type(vit) == "vit_l"
     vit["image_encoder.pos_embed"] = torch.zeros(1, 64, 64, 1280)
     assert detect_model_type(vit) == "vit_h"
@@ -282,3 +336,50 @@ def test_official_vit_checkpoint_builds(tmp_path):
     torch.save(model.state_dict(), path)
     loaded = load_sam(path, device="cpu")
     assert loaded.model_type == "vit_b" and loaded.model_id.startswith("vit_b-")
+
+
+def test_working_shape_is_sams_resize():
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    for size in [(375, 500), (480, 854), (371, 513), (6000, 8000), (1024, 1), (3, 2000)]:
+        assert working_shape(size) == ResizeLongestSide.get_preprocess_shape(*size, 1024)
+    assert working_shape((480, 854)) == (576, 1024)
+
+
+def _emb(original: tuple[int, int]) -> SimpleNamespace:
+    """The sizes of an embedding (all the frame maps read)."""
+    working = working_shape(original)
+    return SimpleNamespace(
+        original_size=original, input_size=working, scale=working[0] / original[0]
+    )
+
+
+def test_the_two_low_res_crops():
+    # GrabCut's llama, 513x371: working 1024x741 covers 185.25 low-res rows.
+    llama = _emb((371, 513))
+    assert llama.input_size == (741, 1024)
+    assert lowres_shape(llama) == (186, 256)  # every row it touches
+    assert lowres_shape_rounded(llama) == (185, 256)  # rows it mostly covers
+    davis = _emb((480, 854))  # a multiple of 4: both agree
+    assert lowres_shape(davis) == lowres_shape_rounded(davis) == (144, 256)
+    assert lowres_shape_rounded(_emb((1, 1024))) == (1, 256)  # never empty
+    logits = np.zeros((2, 256, 256), np.float32)
+    assert crop_lowres(logits, lowres_shape(llama)).shape == (2, 186, 256)
+
+
+def test_coordinate_maps_between_frames():
+    emb = _emb((375, 500))  # working 768x1024: 2.048 working pixels per image pixel
+    np.testing.assert_allclose(working_to_image(emb, [[1024, 768]]), [[500, 375]])
+    np.testing.assert_allclose(working_to_image(emb, [0, 0, 512, 384]), [0, 0, 250, 187.5])
+    assert lowres_pixel(emb, 250, 187.5) == (96, 128)
+    assert lowres_pixel(emb, -10, 10_000) == (191, 0)  # clipped into the 192x256 grid
+    np.testing.assert_allclose(lowres_to_image(emb, [[128, 96]]), [[128.5 / 0.512, 96.5 / 0.512]])
+    mask = np.zeros((375, 500), bool)
+    mask[100:200, 50:150] = True
+    working = mask_to_working(emb, mask)
+    assert working.shape == (768, 1024) and working.dtype == bool
+    ys, xs = np.nonzero(working)
+    box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+    np.testing.assert_allclose(box, np.array([50, 100, 150, 200]) * 2.048, atol=1.5)
+    with pytest.raises(ValueError, match="mask is"):
+        mask_to_working(emb, mask[:10])

@@ -1,4 +1,4 @@
-"""SmartSAM parts without SAM: prior sampler, chain clicker, similarity, frames."""
+"""SmartSAM parts without SAM: prior sampler, chain clicker, similarity, settings."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from promptmoe_plugin.smartsam.chains import deepest_pixel, next_click, uncertain_regions
+from promptmoe_plugin.smartsam.intent import similarity
 from promptmoe_plugin.smartsam.sampler import ASPECTS, BOX_SIDE, sample_boxes, sample_points
-from promptmoe_plugin.smartsam.selectors import similarity
-from promptmoe_plugin.smartsam.session import SmartSamConfig, _duplicates
+from promptmoe_plugin.smartsam.session import PAPER_AGENT, SmartSamConfig, _duplicates
 
 
 def test_points_follow_gamma_distance_and_uniform_angle():
@@ -32,7 +32,9 @@ def test_points_are_seeded_and_clipped():
     b = sample_points((5, 5), (100, 200), 50, 0.5, np.random.default_rng(3))
     np.testing.assert_array_equal(a, b)
     assert (a >= 0).all() and (a[:, 0] <= 199).all() and (a[:, 1] <= 99).all()
-    assert not np.array_equal(a, sample_points((5, 5), (100, 200), 50, 0.5, np.random.default_rng(4)))
+    assert not np.array_equal(
+        a, sample_points((5, 5), (100, 200), 50, 0.5, np.random.default_rng(4))
+    )
 
 
 def test_boxes_contain_the_click_with_paper_shapes():
@@ -89,7 +91,7 @@ def test_deepest_pixel_and_relative_uncertainty():
     # uncertainty is relative: the same picture at 10x the logit scale gives the same regions
     a = uncertain_regions(_part_whole_logits())
     b = uncertain_regions(10 * _part_whole_logits())
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     with pytest.raises(ValueError):
         uncertain_regions(_part_whole_logits(), rho=0)
 
@@ -113,9 +115,23 @@ def test_duplicates_keep_the_better_scored():
     assert drop.tolist() == [True, False, False]
 
 
+def test_config_from_strings():
+    config = SmartSamConfig.from_strings({"n_chains": "30", "beta": "0.2", "reduce": "mean"})
+    assert config == SmartSamConfig(n_chains=30, beta=0.2, reduce="mean")
+    assert SmartSamConfig.from_strings({}) == SmartSamConfig()
+    paper = {"n_points": "6", "n_boxes": "3", "n_chains": "30", "chain_steps": "3"}
+    assert SmartSamConfig.from_strings(paper) == PAPER_AGENT
+    with pytest.raises(
+        ValueError, match=r"unknown SmartSamConfig fields \['n_point'\]; known: n_points"
+    ):
+        SmartSamConfig.from_strings({"n_point": "3"})
+    with pytest.raises(ValueError, match=r"SmartSamConfig\.n_chains: invalid literal"):
+        SmartSamConfig.from_strings({"n_chains": "2.5"})
+    with pytest.raises(ValueError, match="reduce must be"):
+        SmartSamConfig.from_strings({"reduce": "median"})
+
+
 def test_config_rejects_bad_options():
-    with pytest.raises(ValueError, match="unknown SmartSAM options"):
-        SmartSamConfig.from_options({"n_point": 3})
     with pytest.raises(ValueError):
         SmartSamConfig(reduce="median")
     with pytest.raises(ValueError):

@@ -32,7 +32,11 @@ def sample_seed(seed: int, name: str) -> int:
 def lowres(gt: np.ndarray, factor: int = LOWRES_FACTOR) -> np.ndarray:
     """``gt`` ``(H, W) bool`` area-downsampled by ``factor``, bilinear up, threshold 0.5."""
     h, w = gt.shape
-    small = cv2.resize(gt.astype(np.float32), (max(1, round(w / factor)), max(1, round(h / factor))), interpolation=cv2.INTER_AREA)
+    small = cv2.resize(
+        gt.astype(np.float32),
+        (max(1, round(w / factor)), max(1, round(h / factor))),
+        interpolation=cv2.INTER_AREA,
+    )
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR) >= 0.5
 
 
@@ -50,9 +54,23 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: int) 
     return cv2.resize(grid, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC)
 
 
-def _ellipse(canvas: np.ndarray, rng: np.random.Generator, center: np.ndarray, radius: float, value: int) -> None:
-    axes = (max(1, int(radius * rng.uniform(0.6, 1.0))), max(1, int(radius * rng.uniform(0.6, 1.0))))
-    cv2.ellipse(canvas, (int(center[1]), int(center[0])), axes, float(rng.uniform(0, 180)), 0, 360, value, -1)
+def _ellipse(
+    canvas: np.ndarray, rng: np.random.Generator, center: np.ndarray, radius: float, value: int
+) -> None:
+    axes = (
+        max(1, int(radius * rng.uniform(0.6, 1.0))),
+        max(1, int(radius * rng.uniform(0.6, 1.0))),
+    )
+    cv2.ellipse(
+        canvas,
+        (int(center[1]), int(center[0])),
+        axes,
+        float(rng.uniform(0, 180)),
+        0,
+        360,
+        value,
+        -1,
+    )
 
 
 def morph(gt: np.ndarray, seed: int) -> np.ndarray:
@@ -79,8 +97,16 @@ def morph(gt: np.ndarray, seed: int) -> np.ndarray:
     for _ in range(int(rng.integers(1, 3))):
         _ellipse(out, rng, rng.uniform(box_lo, box_hi), rng.uniform(0.05, 0.12) * r, 1)
     before_cut = out.copy()
-    contour = np.argwhere(gt & ~cv2.erode(gt.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool))
-    cv2.circle(out, tuple(int(v) for v in contour[rng.integers(len(contour))][::-1]), int(rng.uniform(0.2, 0.35) * r), 0, -1)
+    contour = np.argwhere(
+        gt & ~cv2.erode(gt.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    )
+    cv2.circle(
+        out,
+        tuple(int(v) for v in contour[rng.integers(len(contour))][::-1]),
+        int(rng.uniform(0.2, 0.35) * r),
+        0,
+        -1,
+    )
     if not out.any():
         out = before_cut
     return out.astype(bool)
@@ -97,14 +123,19 @@ def grabcut(gt: np.ndarray, image: np.ndarray, seed: int) -> np.ndarray:
     h, w = gt.shape
     ys, xs = np.nonzero(gt)
     cy, cx = (ys.min() + ys.max() + 1) / 2, (xs.min() + xs.max() + 1) / 2
-    bh, bw = (ys.max() - ys.min() + 1) * GRABCUT_BOX_SCALE, (xs.max() - xs.min() + 1) * GRABCUT_BOX_SCALE
+    bh, bw = (
+        (ys.max() - ys.min() + 1) * GRABCUT_BOX_SCALE,
+        (xs.max() - xs.min() + 1) * GRABCUT_BOX_SCALE,
+    )
     x0, y0 = max(0, int(cx - bw / 2)), max(0, int(cy - bh / 2))
     x1, y1 = min(w, int(np.ceil(cx + bw / 2))), min(h, int(np.ceil(cy + bh / 2)))
     state = np.zeros((h, w), np.uint8)
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     cv2.setRNGSeed(int(seed) % 2**31)
     bgr = np.ascontiguousarray(image[:, :, ::-1])
-    cv2.grabCut(bgr, state, (x0, y0, x1 - x0, y1 - y0), bgd, fgd, GRABCUT_ITERATIONS, cv2.GC_INIT_WITH_RECT)
+    cv2.grabCut(
+        bgr, state, (x0, y0, x1 - x0, y1 - y0), bgd, fgd, GRABCUT_ITERATIONS, cv2.GC_INIT_WITH_RECT
+    )
     return (state == cv2.GC_FGD) | (state == cv2.GC_PR_FGD)
 
 
@@ -116,7 +147,9 @@ def make_coarse(gt: np.ndarray, image: np.ndarray, kind: str, seed: int = 0) -> 
     if gt.dtype != bool or gt.ndim != 2:
         raise ValueError(f"gt must be an (H, W) bool mask, got {gt.shape} {gt.dtype}")
     if image.shape[:2] != gt.shape or image.dtype != np.uint8 or image.ndim != 3:
-        raise ValueError(f"image must be (H, W, 3) uint8 matching gt {gt.shape}, got {image.shape} {image.dtype}")
+        raise ValueError(
+            f"image must be (H, W, 3) uint8 matching gt {gt.shape}, got {image.shape} {image.dtype}"
+        )
     if kind == "lowres":
         return lowres(gt)
     if kind == "morph":

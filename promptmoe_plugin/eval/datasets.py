@@ -1,5 +1,8 @@
 """Benchmark datasets: folders of images and ground-truth masks matched by file stem.
 
+:func:`sample_datasets` is the one way the benchmarks, the stage timings, the router
+training and the server benchmark pick their images.
+
 Two layouts are recognised: ``img/`` + ``gt/`` (DAVIS-345) and ``data_GT/`` +
 ``boundary_GT/`` (GrabCut-50).  Mask values:
 
@@ -12,6 +15,7 @@ Two layouts are recognised: ``img/`` + ``gt/`` (DAVIS-345) and ``data_GT/`` +
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,17 +90,22 @@ def read_gt(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _files_by_stem(folder: Path) -> dict[str, Path]:
+    """Image files of ``folder`` by file stem (a stem held by two files is an error)."""
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
             continue
         if path.stem in found:
-            raise DatasetError(f"{folder}: two files share the stem {path.stem!r}: {found[path.stem].name}, {path.name}")
+            first = found[path.stem].name
+            raise DatasetError(
+                f"{folder}: two files share the stem {path.stem!r}: {first}, {path.name}"
+            )
         found[path.stem] = path
     return found
 
 
 def _layout(folder: Path) -> tuple[Path, Path]:
+    """The (image folder, mask folder) of ``folder``'s layout (:data:`LAYOUTS`)."""
     for images, masks in LAYOUTS:
         if (folder / images).is_dir() and (folder / masks).is_dir():
             return folder / images, folder / masks
@@ -120,13 +129,64 @@ def load_dataset(folder: str | Path) -> list[Sample]:
     missing = sorted(set(images) - set(masks))
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise DatasetError(f"{folder}: {len(missing)} image(s) without a mask in {mask_dir}: {shown}")
+        raise DatasetError(
+            f"{folder}: {len(missing)} image(s) without a mask in {mask_dir}: {shown}"
+        )
     extra = sorted(set(masks) - set(images))
     if extra:
-        log.warning("%s: %d mask(s) without an image ignored: %s", folder, len(extra), ", ".join(extra[:5]))
+        log.warning(
+            "%s: %d mask(s) without an image ignored: %s", folder, len(extra), ", ".join(extra[:5])
+        )
     return [Sample(stem, images[stem], masks[stem]) for stem in sorted(images)]
 
 
 def dataset_name(folder: str | Path) -> str:
     """Short name of a dataset folder for tables (its directory name)."""
     return Path(folder).resolve().name
+
+
+def sample_datasets(
+    folders: Sequence[str | Path],
+    limit: int | None = None,
+    *,
+    rng: np.random.Generator | None = None,
+) -> list[tuple[str, list[Sample]]]:
+    """The samples of each dataset folder, named by :func:`dataset_name`.
+
+    Args:
+        folders: dataset folders; their directory names must differ.
+        limit: samples taken per folder; None or 0 takes every sample.
+        rng: None takes the first ``limit`` samples in name order; a generator takes
+            ``limit`` samples at random, drawing one ``rng.permutation`` per folder (also
+            when every sample is taken) and keeping them in name order.
+
+    Returns:
+        ``(name, samples)`` per folder, in the order of ``folders``.
+
+    Raises:
+        ValueError: two folders share a directory name.
+        DatasetError: a folder cannot be read (see :func:`load_dataset`).
+    """
+    names = [dataset_name(f) for f in folders]
+    if len(set(names)) != len(names):
+        raise ValueError(f"datasets must have distinct folder names, got {names}")
+    out = []
+    for name, folder in zip(names, folders, strict=True):
+        samples = load_dataset(folder)
+        if rng is not None:
+            order = rng.permutation(len(samples))[: limit or len(samples)]
+            samples = [samples[i] for i in sorted(order)]
+        elif limit:
+            samples = samples[:limit]
+        out.append((name, samples))
+    return out
+
+
+def interleave(
+    datasets: Sequence[tuple[str, Sequence[Sample]]], n: int | None = None
+) -> list[Sample]:
+    """The first ``n`` (None: all) samples taken in turn from each dataset (round robin)."""
+    out: list[Sample] = []
+    for i in range(max((len(s) for _, s in datasets), default=0)):
+        out += [s[i] for _, s in datasets if i < len(s)]
+    return out[:n]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from ..masks import mask_iou
+
 #: Boundary width as a fraction of the image diagonal (both Boundary IoU flavours).
 BOUNDARY_RATIO = 0.02
 
@@ -23,22 +25,20 @@ def _check(a: np.ndarray, b: np.ndarray, ignore: np.ndarray | None) -> None:
             raise ValueError(f"mask shapes differ: {a.shape} vs {name} {m.shape}")
 
 
-def _band_iou(a: np.ndarray, b: np.ndarray, ignore: np.ndarray | None) -> float:
-    if ignore is not None:
-        a, b = a & ~ignore, b & ~ignore
-    union = np.count_nonzero(a | b)
-    if union == 0:
-        return 1.0
-    return np.count_nonzero(a & b) / union
+def _iou(a: np.ndarray, b: np.ndarray, ignore: np.ndarray | None) -> float:
+    """:func:`~promptmoe_plugin.masks.mask_iou` of checked masks, 1.0 when both are empty."""
+    return float(mask_iou(a, b, ignore=ignore, empty=1.0))
 
 
 def iou(a: np.ndarray, b: np.ndarray, ignore: np.ndarray | None = None) -> float:
     """Intersection over union of two ``(H, W) bool`` masks, ``ignore`` pixels excluded."""
     _check(a, b, ignore)
-    return _band_iou(a, b, ignore)
+    return _iou(a, b, ignore)
 
 
-def boundary_width(shape: tuple[int, int], ratio: float = BOUNDARY_RATIO, rounding: str = "floor") -> int:
+def boundary_width(
+    shape: tuple[int, int], ratio: float = BOUNDARY_RATIO, rounding: str = "floor"
+) -> int:
     """Band half-width ``d`` in pixels: ``ratio`` of the diagonal, at least 1.
 
     PromptMoE truncates (``int``); Cheng et al. round to the nearest integer.
@@ -91,8 +91,8 @@ def boundary_iou(
     _check(a, b, ignore)
     if kind == "promptmoe":
         d = boundary_width(a.shape, ratio, "floor")
-        return _band_iou(promptmoe_band(a, d), promptmoe_band(b, d), ignore)
+        return _iou(promptmoe_band(a, d), promptmoe_band(b, d), ignore)
     if kind == "cheng":
         d = boundary_width(a.shape, ratio, "round")
-        return _band_iou(inner_boundary(a, d), inner_boundary(b, d), ignore)
+        return _iou(inner_boundary(a, d), inner_boundary(b, d), ignore)
     raise ValueError(f"unknown boundary IoU kind {kind!r}: use 'promptmoe' or 'cheng'")

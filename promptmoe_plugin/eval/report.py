@@ -1,23 +1,46 @@
-"""Benchmark reports: text tables, ``report.md`` and overlay PNGs of extreme cases."""
+"""Benchmark reports: text tables, ``report.md``, overlay PNGs of extreme cases, JSON."""
 
 from __future__ import annotations
 
 import heapq
+import json
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from ..overlay import draw_overlay
+from .stats import BANDS
 
 log = logging.getLogger(__name__)
 
+#: Columns of the click benchmark's table.
+CLICK_COLUMNS = (
+    "method",
+    "images",
+    "miou@1",
+    "oracle@1",
+    "ratio@85",
+    "noc@85",
+    "noc@90",
+    "nof@90",
+    "miou@5",
+    "sec_per_click1",
+)
+
+LEGEND = (
+    "Overlays: output filled in blue, ground-truth contour green, input (coarse) contour "
+    "yellow, positive points green, negative red, box white."
+)
+
 
 def format_value(value: Any) -> str:
+    """A table cell: ``-`` for None and non-finite numbers, 3 decimals below 1, else 2."""
     if value is None:
         return "-"
     if isinstance(value, (int, np.integer)):
@@ -36,9 +59,92 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], markdown: bool
         lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in cells]
         return "\n".join(lines)
-    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
-    fmt = lambda row: "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths)))  # noqa: E731
-    return "\n".join([fmt(list(columns)), fmt(["-" * w for w in widths]), *(fmt(r) for r in cells)])
+    widths = [
+        max(len(c), *(len(row[i]) for row in cells)) if cells else len(c)
+        for i, c in enumerate(columns)
+    ]
+
+    def line(row: Sequence[str]) -> str:
+        return "  ".join(
+            v.rjust(w) if i else v.ljust(w)
+            for i, (v, w) in enumerate(zip(row, widths, strict=True))
+        )
+
+    return "\n".join(
+        [line(list(columns)), line(["-" * w for w in widths]), *(line(r) for r in cells)]
+    )
+
+
+def click_tables(result: dict[str, Any], markdown: bool = False) -> str:
+    """One table per dataset of a click benchmark result (:func:`.click_bench.run_click_bench`)."""
+    parts = []
+    for name, methods in result["by_dataset"].items():
+        rows = [{"method": m, **fig} for m, fig in methods.items()]
+        parts.append(f"{name}:\n" if not markdown else f"### {name}\n")
+        parts.append(table(rows, CLICK_COLUMNS, markdown) + "\n")
+    return "\n".join(parts)
+
+
+def refine_tables(result: dict[str, Any], markdown: bool = False) -> str:
+    """The tables of a refinement benchmark result (:func:`.refine_bench.run_refine_bench`):
+    summary with the CI against the baseline, delta IoU per group and per initial-IoU band,
+    the unrefined IoU distribution and the mean seconds per stage."""
+    baseline = result["config"]["baseline"]
+    vs_iou = f"vs {baseline} iou [95% CI]"
+    rows = []
+    for m, fig in result["summary"].items():
+        ci = fig.get(f"ci95_iou_vs_{baseline}")
+        ci_b = fig.get(f"ci95_biou_vs_{baseline}")
+        diff, diff_b = fig[f"diff_iou_vs_{baseline}"], fig[f"diff_biou_vs_{baseline}"]
+        rows.append(
+            {
+                "method": m,
+                **fig,
+                vs_iou: f"{diff:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "-",
+                "biou [95% CI]": f"{diff_b:+.2f} [{ci_b[0]:+.2f}, {ci_b[1]:+.2f}]" if ci_b else "-",
+            }
+        )
+    cols = (
+        "method",
+        "delta_iou",
+        "delta_biou",
+        "delta_biou_cheng",
+        "iou",
+        vs_iou,
+        "biou [95% CI]",
+        "sec_per_annotation",
+        "time_vs_baseline",
+    )
+    out = ["Summary (pp; mean over dataset x coarse groups):", table(rows, cols, markdown), ""]
+    methods = list(result["summary"])
+    groups = [{"group": g, **v} for g, v in result["by_group"].items()]
+    out += ["Delta IoU per dataset/coarse (pp):", table(groups, ["group", *methods], markdown), ""]
+    band_rows = [
+        {"initial IoU": b, **{m: v[m]["delta_iou"] for m in methods}, "n": v[methods[0]]["n"]}
+        for b, v in result["bands"].items()
+    ]
+    out += [
+        "Delta IoU by initial IoU band (pp):",
+        table(band_rows, ["initial IoU", *methods, "n"], markdown),
+        "",
+    ]
+    kinds = [{"coarse": k, **v} for k, v in result["unrefined"].items()]
+    cols_u = ["coarse", "n", "mean", "p10", "p25", "p50", "p75", "p90"]
+    cols_u += [f"{lo}-{hi}" for lo, hi in BANDS]
+    out += [
+        "Unrefined IoU distribution (%, and images per band):",
+        table(kinds, cols_u, markdown),
+        "",
+    ]
+    stages = list(dict.fromkeys(s for t in result["timings"].values() for s in t))
+    timings = [{"method": m, **t} for m, t in result["timings"].items()]
+    out += ["Mean seconds per stage:", table(timings, ["method", *stages], markdown)]
+    return "\n".join(out)
+
+
+def config_text(config: dict[str, Any]) -> str:
+    """A benchmark's ``config`` block as ``key: value`` lines."""
+    return "\n".join(f"{k}: {v}" for k, v in config.items())
 
 
 @dataclass
@@ -89,6 +195,7 @@ class Extremes:
         return score < -self._low[0][0] or score > self._high[0][0]
 
     def add(self, score: float, case: Case) -> None:
+        """Offer a case; it is kept when among the ``k`` lowest or highest so far."""
         self._count += 1
         for heap, key in ((self._low, -score), (self._high, score)):
             item = (key, -self._count, case)
@@ -98,9 +205,11 @@ class Extremes:
                 heapq.heapreplace(heap, item)
 
     def worst(self) -> list[tuple[float, Case]]:
+        """The lowest-scoring cases, lowest first."""
         return [(-key, case) for key, _, case in sorted(self._low, reverse=True)]
 
     def best(self) -> list[tuple[float, Case]]:
+        """The highest-scoring cases, highest first."""
         return [(key, case) for key, _, case in sorted(self._high, reverse=True)]
 
 
@@ -118,14 +227,11 @@ def write_overlays(out: Path, extremes: dict[str, Extremes], score_name: str) ->
             for rank, (score, case) in enumerate(cases, start=1):
                 name = f"{_slug(method)}_{kind}{rank}_{_slug(case.title)}.png"
                 Image.fromarray(case.render()).save(folder / name)
-                lines.append(f"- {method} {kind} {rank}: {case.title}, {score_name} {score:.3f}: ![](overlays/{name})")
+                lines.append(
+                    f"- {method} {kind} {rank}: {case.title}, {score_name} {score:.3f}: "
+                    f"![](overlays/{name})"
+                )
     return lines
-
-
-LEGEND = (
-    "Overlays: output filled in blue, ground-truth contour green, input (coarse) contour "
-    "yellow, positive points green, negative red, box white."
-)
 
 
 def write_report(out: Path, title: str, sections: Sequence[tuple[str, str]]) -> Path:
@@ -138,3 +244,13 @@ def write_report(out: Path, title: str, sections: Sequence[tuple[str, str]]) -> 
     path.write_text("\n".join(parts))
     log.info("wrote %s", path)
     return path
+
+
+def write_json(path: str | Path | None, payload: dict[str, Any]) -> None:
+    """Write benchmark figures to ``path`` (parents created) when a path is given."""
+    if not path:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=float) + "\n")
+    log.info("wrote %s", path)

@@ -15,11 +15,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..sam import ImageEmbedding, SamEngine
-from .appearance import brightness_similarity, color_similarity, contrast_similarity, texture_similarity
-from .depth import DepthEstimator, depth_estimator, depth_similarity
+from .appearance import (
+    brightness_similarity,
+    color_similarity,
+    contrast_similarity,
+    texture_similarity,
+)
+from .depth import DepthEstimator, depth_similarity
 from .geometry import edge_distance
 from .sam_experts import everything_regions, sam_box_query, sam_coverage, sam_weighted_coverage
-from .superpixel import superpixel_coverage
+from .superpixel import image_slic_labels, superpixel_coverage
 
 EXPERTS: tuple[str, ...] = (
     "edge",
@@ -34,13 +39,21 @@ EXPERTS: tuple[str, ...] = (
     "sam_box",
 )
 #: The six experts of PromptMoE-Lite (no depth model, no SAM decoding).
-CHEAP_EXPERTS: tuple[str, ...] = ("edge", "color", "brightness", "texture", "contrast", "superpixel")
+CHEAP_EXPERTS: tuple[str, ...] = (
+    "edge",
+    "color",
+    "brightness",
+    "texture",
+    "contrast",
+    "superpixel",
+)
 
 
 @dataclass
 class ExpertInput:
-    """What the experts read: the engine and embedding (SAM experts), the working-frame
-    coarse mask ``(h, w) bool``, and the depth estimator (None: depth unavailable)."""
+    """What the experts read: the engine and embedding (SAM experts; the engine also
+    caches per-image results), the working-frame coarse mask ``(h, w) bool``, the depth
+    estimator (None: depth unavailable) and the SAM-everything grid side."""
 
     engine: SamEngine
     emb: ImageEmbedding
@@ -49,8 +62,10 @@ class ExpertInput:
     grid: int = 6
 
 
-def available_experts(depth: DepthEstimator | None, names: tuple[str, ...] = EXPERTS) -> tuple[str, ...]:
-    """``names`` minus ``depth`` when no depth model is configured."""
+def available_experts(
+    depth: DepthEstimator | None, names: tuple[str, ...] = EXPERTS
+) -> tuple[str, ...]:
+    """``names`` minus ``depth`` when there is no depth estimator."""
     return tuple(n for n in names if n != "depth" or depth is not None)
 
 
@@ -68,10 +83,12 @@ def expert_map(name: str, inp: ExpertInput) -> np.ndarray:
     if name == "contrast":
         return contrast_similarity(image, mask)
     if name == "superpixel":
-        return superpixel_coverage(image, mask, key=inp.emb.key)
+        return superpixel_coverage(image_slic_labels(inp.engine, inp.emb), mask)
     if name == "depth":
         if inp.depth is None:
-            raise ValueError("the depth expert needs a depth model (option depth_model or $PROMPTMOE_DEPTH_MODEL)")
+            raise ValueError(
+                "the depth expert needs a depth model (a DepthEstimator, refine(..., depth=...))"
+            )
         return depth_similarity(inp.depth.depth(inp.emb), mask)
     if name in ("sam_coverage", "sam_weighted"):
         regions = everything_regions(inp.engine, inp.emb, inp.grid)
@@ -92,7 +109,6 @@ __all__ = [
     "DepthEstimator",
     "ExpertInput",
     "available_experts",
-    "depth_estimator",
     "expert_map",
     "expert_maps",
 ]

@@ -23,7 +23,9 @@ def luminance(image: np.ndarray) -> np.ndarray:
     return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
 
 
-def similarity(feature: np.ndarray, mask: np.ndarray, percentile: float | None = None) -> np.ndarray:
+def similarity(
+    feature: np.ndarray, mask: np.ndarray, percentile: float | None = None
+) -> np.ndarray:
     """``1 - |f - mean_mask(f)| / scale`` clipped to [0, 1].
 
     Args:

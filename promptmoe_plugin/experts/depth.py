@@ -1,14 +1,13 @@
 """Depth-similarity expert from a monocular depth model run through ``transformers``.
 
-The model is configured by a local path or a Hugging Face hub id (option ``depth_model``
-or the environment variable ``PROMPTMOE_DEPTH_MODEL``).  With none configured the expert
-is unavailable and the selector chooses among the other experts.
+The caller creates a :class:`DepthEstimator` for a local path or a Hugging Face hub id and
+passes it on (``refine(..., depth=...)``); without one the expert is unavailable and the
+selector chooses among the other experts.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 
 import cv2
@@ -19,11 +18,13 @@ from .appearance import similarity
 
 log = logging.getLogger(__name__)
 
-ENV_VAR = "PROMPTMOE_DEPTH_MODEL"
+#: Bound of an estimator's cache of depth maps (one working-frame map is ~3 MB).
+DEPTH_CACHE_MB = 32
 
 
 class DepthEstimator:
-    """A ``transformers`` depth-estimation pipeline, loaded on first use.
+    """A ``transformers`` depth-estimation pipeline, loaded on first use, with a cache of
+    its depth maps by image.
 
     Args:
         model: local folder or hub id of a depth-estimation model (e.g. a Depth Anything
@@ -36,7 +37,7 @@ class DepthEstimator:
         self.device = device
         self._pipe = None
         self._lock = threading.Lock()
-        self._cache: LRUCache[np.ndarray] = LRUCache(32)
+        self._cache: LRUCache[np.ndarray] = LRUCache(DEPTH_CACHE_MB)
 
     def _pipeline(self):
         with self._lock:
@@ -59,20 +60,6 @@ class DepthEstimator:
         depth = cv2.resize(raw, (w, h), interpolation=cv2.INTER_LINEAR)
         self._cache.put(emb.key, depth, depth.nbytes)
         return depth
-
-
-_estimators: dict[str, DepthEstimator] = {}
-
-
-def depth_estimator(model: str | None = None) -> DepthEstimator | None:
-    """The shared estimator for ``model`` (default: ``$PROMPTMOE_DEPTH_MODEL``), or None
-    when no depth model is configured."""
-    model = model or os.environ.get(ENV_VAR) or None
-    if model is None:
-        return None
-    if model not in _estimators:
-        _estimators[model] = DepthEstimator(model)
-    return _estimators[model]
 
 
 def depth_similarity(depth: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 All three reuse the image's cached embedding: no second encoder pass.  The everything
 regions come from a point grid decoded in one batch and read at SAM's low resolution
-(the ``256 x 256`` logits), then resized (nearest) to the working frame.
+(the ``256 x 256`` logits cropped to :func:`~promptmoe_plugin.sam.frames.lowres_shape_rounded`),
+then resized (nearest) to the working frame.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import logging
 import cv2
 import numpy as np
 
-from ..sam import LOW_RES, ImageEmbedding, LRUCache, Prompt, SamEngine, stability_score
-from .geometry import mask_iou, tight_box, to_image_frame
+from ..masks import mask_iou
+from ..sam import ImageEmbedding, Prompt, SamEngine, stability_score
+from ..sam.frames import crop_lowres, lowres_shape_rounded, working_to_image
+from .geometry import tight_box
 from .superpixel import region_coverage
 
 log = logging.getLogger(__name__)
@@ -28,14 +31,9 @@ MIN_STABILITY = 0.85
 DEDUP_IOU = 0.7
 #: Below this IoU with the coarse mask, the box query falls back to the coarse mask.
 BOX_FALLBACK_IOU = 0.5
-
-_regions_cache: LRUCache[np.ndarray] = LRUCache(64)
-
-
-def _low_res_crop(emb: ImageEmbedding) -> tuple[int, int]:
-    """Rows and columns of the 256x256 low-res frame covered by the working image."""
-    h, w = emb.input_size
-    return max(1, round(h * LOW_RES / 1024)), max(1, round(w * LOW_RES / 1024))
+#: Name and bound of the engine's cache of everything regions (:meth:`SamEngine.image_cache`).
+REGIONS_CACHE = "sam_everything_regions"
+REGIONS_CACHE_MB = 64
 
 
 def everything_regions(engine: SamEngine, emb: ImageEmbedding, grid: int = GRID) -> np.ndarray:
@@ -43,21 +41,25 @@ def everything_regions(engine: SamEngine, emb: ImageEmbedding, grid: int = GRID)
 
     Proposals are kept by predicted IoU and stability, de-duplicated, and painted largest
     first so smaller regions stay visible; unassigned pixels are region 0.  Cached per
-    image (the regions do not depend on the mask).
+    image and grid in the engine (the regions do not depend on the mask).
 
     Returns:
         ``(h, w) int32`` labels in the working frame.
     """
+    cache = engine.image_cache(REGIONS_CACHE, REGIONS_CACHE_MB)
     key = (emb.key, grid)
-    if (hit := _regions_cache.get(key)) is not None:
+    if (hit := cache.get(key)) is not None:
         return hit
     H, W = emb.original_size
     offsets = (np.arange(grid) + 0.5) / grid
     xs, ys = np.meshgrid(offsets * W, offsets * H)
-    prompts = [Prompt(points=np.array([[x, y]]), labels=np.array([1])) for x, y in zip(xs.ravel(), ys.ravel())]
+    prompts = [
+        Prompt(points=np.array([[x, y]]), labels=np.array([1]))
+        for x, y in zip(xs.ravel(), ys.ravel(), strict=True)
+    ]
     out = engine.decode(emb, prompts, multimask=True, frame="none")
-    rh, rw = _low_res_crop(emb)
-    logits = out.low_res_logits[:, :, :rh, :rw].reshape(-1, rh, rw)
+    rh, rw = lowres_shape_rounded(emb)
+    logits = crop_lowres(out.low_res_logits, (rh, rw)).reshape(-1, rh, rw)
     masks = logits > 0
     area = masks.sum(axis=(1, 2))
     stability = stability_score(logits)
@@ -74,7 +76,7 @@ def everything_regions(engine: SamEngine, emb: ImageEmbedding, grid: int = GRID)
     h, w = emb.input_size
     labels = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
     log.debug("SAM everything: %d of %d proposals kept", len(kept), len(masks))
-    _regions_cache.put(key, labels, labels.nbytes)
+    cache.put(key, labels, labels.nbytes)
     return labels
 
 
@@ -103,7 +105,8 @@ def sam_box_query(engine: SamEngine, emb: ImageEmbedding, mask: np.ndarray) -> n
     :data:`BOX_FALLBACK_IOU`.  ``mask`` ``(h, w) bool`` working frame; returns
     ``(h, w) float32`` in {0, 1}.
     """
-    box = to_image_frame(emb, tight_box(mask))
+    box = working_to_image(emb, tight_box(mask))
     out = engine.decode(emb, [Prompt(box=box)], multimask=True, frame="working")
     union = out.masks[0].any(axis=0)
-    return (union if mask_iou(union, mask) >= BOX_FALLBACK_IOU else mask).astype(np.float32)
+    agrees = mask_iou(union, mask, empty=0.0) >= BOX_FALLBACK_IOU
+    return (union if agrees else mask).astype(np.float32)

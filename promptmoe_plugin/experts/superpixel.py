@@ -7,15 +7,16 @@ import cv2
 import numpy as np
 from skimage.segmentation import slic
 
-from ..sam import LRUCache
+from ..sam import ImageEmbedding, SamEngine
 
 #: SLIC runs at this long side and its labels are resized to the working frame; SLIC's
 #: cost grows with pixels, and 200 regions of a 1024-px image are large enough for it.
 SLIC_LONG_SIDE = 384
 N_SEGMENTS = 200
 COMPACTNESS = 10.0
-
-_labels_cache: LRUCache[np.ndarray] = LRUCache(64)
+#: Name and bound of the engine's cache of SLIC labels (:meth:`SamEngine.image_cache`).
+LABELS_CACHE = "slic_labels"
+LABELS_CACHE_MB = 64
 
 
 def region_coverage(labels: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -36,24 +37,32 @@ def region_coverage(labels: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, n
     return coverage[labels], share[labels]
 
 
-def slic_labels(image: np.ndarray, key: str | None = None) -> np.ndarray:
-    """``(h, w) int32`` SLIC labels of the working-frame image ``(h, w, 3) uint8``.
-
-    Computed at :data:`SLIC_LONG_SIDE` and resized (nearest) to ``(h, w)``; cached by
-    ``key`` (the embedding key) because the labels do not depend on the mask.
-    """
-    if key is not None and (hit := _labels_cache.get(key)) is not None:
-        return hit
+def slic_labels(image: np.ndarray) -> np.ndarray:
+    """``(h, w) int32`` SLIC labels of an ``(h, w, 3) uint8`` image, computed at
+    :data:`SLIC_LONG_SIDE` and resized (nearest) to ``(h, w)``."""
     h, w = image.shape[:2]
     s = min(1.0, SLIC_LONG_SIDE / max(h, w))
-    small = cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
-    lab = slic(small, n_segments=N_SEGMENTS, compactness=COMPACTNESS, start_label=0, channel_axis=-1)
-    labels = cv2.resize(lab.astype(np.int32), (w, h), interpolation=cv2.INTER_NEAREST)
-    if key is not None:
-        _labels_cache.put(key, labels, labels.nbytes)
+    small = cv2.resize(
+        image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA
+    )
+    lab = slic(
+        small, n_segments=N_SEGMENTS, compactness=COMPACTNESS, start_label=0, channel_axis=-1
+    )
+    return cv2.resize(lab.astype(np.int32), (w, h), interpolation=cv2.INTER_NEAREST)
+
+
+def image_slic_labels(engine: SamEngine, emb: ImageEmbedding) -> np.ndarray:
+    """:func:`slic_labels` of the working image ``emb.image``, cached per image in the
+    engine (the labels do not depend on the mask): ``(h, w) int32``, working frame."""
+    cache = engine.image_cache(LABELS_CACHE, LABELS_CACHE_MB)
+    if (hit := cache.get(emb.key)) is not None:
+        return hit
+    labels = slic_labels(emb.image)
+    cache.put(emb.key, labels, labels.nbytes)
     return labels
 
 
-def superpixel_coverage(image: np.ndarray, mask: np.ndarray, key: str | None = None) -> np.ndarray:
-    """Superpixel-coverage expert, ``(h, w) float32`` in [0, 1] (working frame)."""
-    return region_coverage(slic_labels(image, key), mask)[0]
+def superpixel_coverage(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Superpixel-coverage expert from :func:`slic_labels` ``(h, w) int32`` and the
+    ``(h, w) bool`` mask: ``(h, w) float32`` in [0, 1] (working frame)."""
+    return region_coverage(labels, mask)[0]

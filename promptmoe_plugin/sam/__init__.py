@@ -2,11 +2,14 @@
 
 from .build import CheckpointError, LoadedSam, default_checkpoint, detect_model_type, load_sam
 from .cache import LRUCache, image_key
-from .engine import LOW_RES, Decoded, ImageEmbedding, Prompt, PromptError, SamEngine, stability_score
+from .embedding import ImageEmbedding
+from .engine import Decoded, Prompt, PromptError, SamEngine, stability_score
+from .frames import IMAGE_SIZE, LOW_RES
 
 __all__ = [
     "CheckpointError",
     "Decoded",
+    "IMAGE_SIZE",
     "ImageEmbedding",
     "LOW_RES",
     "LRUCache",

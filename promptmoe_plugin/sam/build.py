@@ -24,9 +24,10 @@ from segment_anything.modeling import (
     TwoWayTransformer,
 )
 
+from .frames import IMAGE_SIZE
+
 log = logging.getLogger(__name__)
 
-IMAGE_SIZE = 1024
 PATCH_SIZE = 16
 PROMPT_DIM = 256
 
@@ -147,7 +148,9 @@ def _sam(image_encoder: torch.nn.Module) -> Sam:
         ),
         mask_decoder=MaskDecoder(
             num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=2, embedding_dim=PROMPT_DIM, mlp_dim=2048, num_heads=8),
+            transformer=TwoWayTransformer(
+                depth=2, embedding_dim=PROMPT_DIM, mlp_dim=2048, num_heads=8
+            ),
             transformer_dim=PROMPT_DIM,
             iou_head_depth=3,
             iou_head_hidden_dim=256,
@@ -159,7 +162,9 @@ def _sam(image_encoder: torch.nn.Module) -> Sam:
 
 def _weights_id(path: Path, model_type: str) -> str:
     stat = path.stat()
-    digest = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
+    digest = hashlib.sha1(
+        f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()
+    ).hexdigest()
     return f"{model_type}-{digest[:12]}"
 
 
@@ -190,7 +195,9 @@ def load_sam(checkpoint: str | Path | None = None, device: str = "auto") -> Load
     resolved = resolve_device(device)
     model.to(resolved)
     log.info("loaded SAM %s from %s on %s", model_type, path, resolved)
-    return LoadedSam(model=model, model_type=model_type, model_id=_weights_id(path, model_type), checkpoint=path)
+    return LoadedSam(
+        model=model, model_type=model_type, model_id=_weights_id(path, model_type), checkpoint=path
+    )
 
 
 def resolve_device(device: str) -> torch.device:

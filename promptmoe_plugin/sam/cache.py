@@ -1,4 +1,4 @@
-"""A thread-safe LRU cache of image embeddings, bounded in megabytes."""
+"""A thread-safe LRU cache bounded in megabytes (image embeddings and per-image results)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import hashlib
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Generic, Hashable, TypeVar
+from typing import Generic, TypeVar
 
 import numpy as np
 
@@ -45,6 +46,7 @@ class LRUCache(Generic[V]):
     def __init__(self, capacity_mb: float):
         if capacity_mb < 0:
             raise ValueError(f"cache capacity must be >= 0 MB, got {capacity_mb}")
+        self.capacity_mb = capacity_mb
         self._capacity = int(capacity_mb * 1024 * 1024)
         self._items: OrderedDict[Hashable, tuple[V, int]] = OrderedDict()
         self._bytes = 0
@@ -54,6 +56,7 @@ class LRUCache(Generic[V]):
         self._evictions = 0
 
     def get(self, key: Hashable) -> V | None:
+        """The value of ``key`` (now the most recently used), or None when absent."""
         with self._lock:
             item = self._items.get(key)
             if item is None:
@@ -64,6 +67,8 @@ class LRUCache(Generic[V]):
             return item[0]
 
     def put(self, key: Hashable, value: V, nbytes: int) -> None:
+        """Store ``value`` of ``nbytes`` under ``key``, evicting the least recently used
+        entries beyond the capacity."""
         with self._lock:
             if key in self._items:
                 self._bytes -= self._items.pop(key)[1]
@@ -76,6 +81,15 @@ class LRUCache(Generic[V]):
                 _, (_, evicted) = self._items.popitem(last=False)
                 self._bytes -= evicted
                 self._evictions += 1
+
+    def pop(self, key: Hashable) -> V | None:
+        """Remove the entry ``key`` and return its value; None when absent."""
+        with self._lock:
+            item = self._items.pop(key, None)
+            if item is None:
+                return None
+            self._bytes -= item[1]
+            return item[0]
 
     def __contains__(self, key: Hashable) -> bool:
         with self._lock:

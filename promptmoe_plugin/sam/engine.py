@@ -1,12 +1,8 @@
 """The SAM engine: one model, an image-embedding cache and batched prompt decoding.
 
-Frames used throughout:
-
-* **image** frame: pixels of the original image, ``(H, W)``; points are ``(x, y)``.
-* **working** frame: the image resized so its long side is 1024 (SAM's input before
-  padding), ``(h, w)``; expert maps and SmartSAM work here.
-* **low-res** frame: SAM's ``256 x 256`` mask logits over the *padded* 1024x1024 input;
-  the working image occupies its top-left ``(h/4, w/4)`` corner.
+Frames (image, working, low-res) are defined in :mod:`.frames`: prompts come in image
+pixels, decoded logits are low-res, and :meth:`SamEngine.upscale` maps them to the image
+or working frame.
 """
 
 from __future__ import annotations
@@ -14,21 +10,24 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from segment_anything.utils.transforms import ResizeLongestSide
+from torchvision.transforms.functional import resize, to_pil_image
 
-from .build import IMAGE_SIZE, LoadedSam, load_sam
+from .build import LoadedSam, load_sam
 from .cache import CacheStats, LRUCache, image_key
+from .embedding import ImageEmbedding
+from .frames import IMAGE_SIZE, LOW_RES, working_shape
 
 log = logging.getLogger(__name__)
 
-LOW_RES = IMAGE_SIZE // 4
 #: Prompt sets per mask-decoder call, by device type.  On a CPU the decoder is
 #: memory-bound: per prompt, batches of 1/2/4/8/16 took 91/93/110/149/172 ms (MobileSAM,
 #: 2 cores, ``promptmoe bench engine``), so there each set gets its own call; a GPU gains
@@ -99,36 +98,6 @@ class Prompt:
         return (n, self.box is not None, self.mask_logits is not None)
 
 
-@dataclass
-class ImageEmbedding:
-    """SAM's embedding of one image, with the sizes needed to map frames.
-
-    Attributes:
-        key: content hash of the image (the cache key).
-        features: ``(1, 256, 64, 64)`` float32 tensor on the engine's device.
-        original_size: ``(H, W)`` of the image frame.
-        input_size: ``(h, w)`` of the working frame (long side 1024).
-        image: ``(h, w, 3)`` uint8 RGB, the image in the working frame.
-        encode_seconds: wall time the encoder took (0 for a disk-cache load).
-    """
-
-    key: str
-    features: torch.Tensor
-    original_size: tuple[int, int]
-    input_size: tuple[int, int]
-    image: np.ndarray
-    encode_seconds: float = 0.0
-
-    @property
-    def scale(self) -> float:
-        """Working-frame pixels per image-frame pixel."""
-        return self.input_size[0] / self.original_size[0]
-
-    @property
-    def nbytes(self) -> int:
-        return self.features.element_size() * self.features.nelement() + self.image.nbytes
-
-
 def stability_score(logits: np.ndarray, offset: float = 1.0) -> np.ndarray:
     """SAM's stability score: the IoU of the masks ``logits > offset`` and ``logits > -offset``
     (the first lies inside the second), near 1 when the boundary does not move as the
@@ -172,7 +141,8 @@ class EngineStats:
 
 
 class SamEngine:
-    """One SAM model shared by every caller, with an embedding cache.
+    """One SAM model shared by every caller, with an embedding cache and the caches of
+    per-image results computed from it (:meth:`image_cache`).
 
     Args:
         sam: a loaded model (see :func:`load_sam`).
@@ -192,6 +162,8 @@ class SamEngine:
         self._encode_lock = threading.Lock()
         self._stats_lock = threading.Lock()
         self._stats = EngineStats()
+        self._image_caches: dict[str, LRUCache] = {}
+        self._image_caches_lock = threading.Lock()
 
     @classmethod
     def create(
@@ -200,13 +172,32 @@ class SamEngine:
         device: str = "auto",
         cache_mb: float = 512,
         disk_cache: str | Path | None = None,
-    ) -> "SamEngine":
+    ) -> SamEngine:
         """Load SAM (default: embedded MobileSAM) and wrap it in an engine."""
         return cls(load_sam(checkpoint, device), cache_mb=cache_mb, disk_cache=disk_cache)
 
     @property
     def model_id(self) -> str:
         return self.sam.model_id
+
+    def image_cache(self, name: str, capacity_mb: float) -> LRUCache:
+        """The engine's LRU cache ``name`` for results derived from its images (e.g. the
+        SAM-everything regions), created with ``capacity_mb`` on first use and the same
+        object after.  Callers key entries by :attr:`ImageEmbedding.key` plus any
+        parameter the result depends on; results of another engine never mix in.
+
+        Raises:
+            ValueError: ``name`` exists with another capacity.
+        """
+        with self._image_caches_lock:
+            cache = self._image_caches.get(name)
+            if cache is None:
+                cache = self._image_caches[name] = LRUCache(capacity_mb)
+            elif cache.capacity_mb != capacity_mb:
+                raise ValueError(
+                    f"image cache {name!r} exists with another capacity than {capacity_mb} MB"
+                )
+            return cache
 
     def stats(self) -> EngineStats:
         with self._stats_lock:
@@ -231,8 +222,11 @@ class SamEngine:
             self.cache.put(key, emb, emb.nbytes)
         return emb
 
-    def _working_image(self, image: np.ndarray) -> np.ndarray:
-        return self.transform.apply_image(image)
+    @staticmethod
+    def _working_image(image: np.ndarray) -> np.ndarray:
+        """``(H, W, 3) uint8`` image -> ``(h, w, 3) uint8`` working frame, resized as SAM's
+        ``ResizeLongestSide.apply_image`` does (PIL bilinear)."""
+        return np.array(resize(to_pil_image(image), working_shape(image.shape[:2])))
 
     @torch.inference_mode()
     def _encode(self, key: str, image: np.ndarray) -> ImageEmbedding:
@@ -329,14 +323,18 @@ class SamEngine:
         first = prompts[0]
         points = boxes = masks = None
         if first.points is not None:
-            coords = np.stack([self.transform.apply_coords(p.points, emb.original_size) for p in prompts])
+            coords = np.stack(
+                [self.transform.apply_coords(p.points, emb.original_size) for p in prompts]
+            )
             labels = np.stack([p.labels for p in prompts])
             points = (
                 torch.as_tensor(coords, dtype=torch.float32, device=self.device),
                 torch.as_tensor(labels, dtype=torch.int64, device=self.device),
             )
         if first.box is not None:
-            b = np.stack([self.transform.apply_boxes(p.box[None], emb.original_size)[0] for p in prompts])
+            b = np.stack(
+                [self.transform.apply_boxes(p.box[None], emb.original_size)[0] for p in prompts]
+            )
             boxes = torch.as_tensor(b, dtype=torch.float32, device=self.device)
         if first.mask_logits is not None:
             mk = np.stack([p.mask_logits for p in prompts])[:, None]
@@ -352,7 +350,9 @@ class SamEngine:
         return low_res.float().cpu().numpy(), iou.float().cpu().numpy()
 
     @torch.inference_mode()
-    def upscale(self, emb: ImageEmbedding, low_res_logits: np.ndarray, frame: Frame = "image") -> np.ndarray:
+    def upscale(
+        self, emb: ImageEmbedding, low_res_logits: np.ndarray, frame: Frame = "image"
+    ) -> np.ndarray:
         """Map ``(N, 256, 256)`` low-res logits to ``(N, H, W)`` (image) or ``(N, h, w)``
         (working) float32 logits, bilinear as SAM does; threshold at 0 for masks."""
         h, w = emb.input_size

@@ -8,7 +8,6 @@ aspect ratio of 0.67, 1 or 1.5 and a long side drawn from the paper's 200-800 px
 
 from __future__ import annotations
 
-
 import numpy as np
 
 #: Box aspect ratios (width / height), after anchor-based detectors.
@@ -27,7 +26,9 @@ def sample_points(
     H, W = size
     radius = beta * max(H, W) * rng.gamma(2.0, 1.0, n)
     theta = rng.uniform(0.0, 2.0 * np.pi, n)
-    pts = np.asarray(click, np.float64) + radius[:, None] * np.stack([np.cos(theta), np.sin(theta)], 1)
+    pts = np.asarray(click, np.float64) + radius[:, None] * np.stack(
+        [np.cos(theta), np.sin(theta)], 1
+    )
     return np.clip(pts, 0, [W - 1, H - 1])
 
 

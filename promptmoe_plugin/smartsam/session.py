@@ -6,29 +6,31 @@ The first click runs the agent (Sec. 3.2 of the SmartSAM paper):
    decoded in one batched call with three masks each;
 2. next chain clickers: from the best candidates, chains of agent clicks (Add / Cut in
    uncertain regions), every step of every chain decoded in one batched call;
-3. intent selector: among candidates that contain the click, the one most similar to the
+3. intent: among candidates that contain the click, the one most similar to the
    reference instances (or, without references, the highest predicted IoU).
 
-All candidates live as low-res logits (see :mod:`.frames`); only the chosen one is
-upscaled.  Later clicks are plain SAM interaction from the chosen candidate (its low-res
-logits as mask prompt), as :class:`~promptmoe_plugin.clicks.SamClickSession` does.
+All candidates live as low-res logits, compared on the
+:func:`~promptmoe_plugin.sam.frames.lowres_shape` grid; only the chosen one is upscaled.
+Later clicks are plain SAM interaction from the chosen candidate (its low-res logits as
+mask prompt), as :class:`~promptmoe_plugin.clicks.SamClickSession` does.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field, fields
-from typing import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..clicks import SamClickSession
+from ..configs import parse_fields
 from ..sam import ImageEmbedding, Prompt, SamEngine
+from ..sam.frames import crop_lowres, lowres_pixel, lowres_shape, lowres_to_image
 from .chains import next_click
-from .frames import crop_logits, lowres_to_image, pixel_of
+from .intent import Intent, NoIntent, matmul, similarity
 from .sampler import sample_boxes, sample_points
-from .selectors import Selector, make_selector, matmul, similarity
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,7 @@ log = logging.getLogger(__name__)
 class SmartSamConfig:
     """Agent settings.
 
-    The paper's setting (:data:`PAPER`: 6 points, 3 boxes, chains from all 30 candidates,
+    The paper's setting (:data:`PAPER_AGENT`: 6 points, 3 boxes, chains from all 30 candidates,
     3 steps each, ~100 decoded prompts) suits a GPU.  The defaults fit a budget of 4x one
     plain SAM click on a CPU: no sampled prompts, one Add/Cut step from each of the 3 best
     candidates of the user's click (4 decoded prompts).  Measured on DAVIS / GrabCut
@@ -83,16 +85,19 @@ class SmartSamConfig:
             raise ValueError(f"reduce must be 'max' or 'mean', got {self.reduce!r}")
 
     @classmethod
-    def from_options(cls, options: dict) -> "SmartSamConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(options) - known
-        if unknown:
-            raise ValueError(f"unknown SmartSAM options {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**options)
+    def from_strings(cls, values: Mapping[str, str]) -> SmartSamConfig:
+        """A config from field name -> string, e.g. ``{"n_chains": "30", "reduce":
+        "mean"}``; unset fields keep their defaults.
+
+        Raises:
+            ValueError: an unknown field (the message lists the known ones), a string
+                that does not parse, or a value out of range.
+        """
+        return cls(**parse_fields(cls, values))
 
 
 #: The paper's agent (Sec. 4.1): 9 sampled prompts, 3 chain steps from every candidate.
-PAPER = dict(n_points=6, n_boxes=3, n_chains=30, chain_steps=3)
+PAPER_AGENT = SmartSamConfig(n_points=6, n_boxes=3, n_chains=30, chain_steps=3)
 
 
 @dataclass
@@ -131,7 +136,9 @@ class CandidatePool:
         self.iou = np.concatenate([self.iou, iou.astype(np.float32)])
         self.prompts.extend(prompts)
         self.source.extend(source)
-        self.chain = np.concatenate([self.chain, np.full(len(iou), -1) if chain is None else np.asarray(chain)])
+        self.chain = np.concatenate(
+            [self.chain, np.full(len(iou), -1) if chain is None else np.asarray(chain)]
+        )
         self.step = np.concatenate([self.step, np.full(len(iou), step)])
 
     def __len__(self) -> int:
@@ -160,39 +167,44 @@ class SmartSamSession:
     Args:
         engine: the shared SAM engine (the image is embedded once, through its cache).
         image: ``(H, W, 3) uint8`` RGB.
-        selector: ``"none"`` (pure mode), ``"sam"`` or ``"dinov2"``.
+        config: the agent's settings.
+        intent: how candidates are compared with the references
+            (:func:`~.intent.make_intent`); None is :class:`~.intent.NoIntent`, the pure
+            mode.
         references: reference instances, each ``(image (H', W', 3) uint8, mask (H', W')
-            bool)``; their features are computed (and cached) by the selector.
+            bool)``; their features are computed (and cached) by ``intent``.
+        reference_features: precomputed ``intent.reference_features`` vectors ``(D,)``,
+            used before those of ``references``.
         seed: seed of the agent's random generator; same seed, same result.
-        reference_features: precomputed ``selector.reference_features`` vectors, instead
-            of (or in addition to) ``references``.
-        dinov2_model: local folder or hub id of the DINOv2 model (selector ``dinov2``).
-        **options: :class:`SmartSamConfig` fields.
     """
 
     def __init__(
         self,
         engine: SamEngine,
         image: np.ndarray,
-        selector: str = "none",
+        config: SmartSamConfig = SmartSamConfig(),
+        *,
+        intent: Intent | None = None,
         references: Sequence[tuple[np.ndarray, np.ndarray]] = (),
-        seed: int = 0,
         reference_features: Sequence[np.ndarray] = (),
-        dinov2_model: str | None = None,
-        **options,
+        seed: int = 0,
     ):
+        if not isinstance(config, SmartSamConfig):
+            raise TypeError(f"config must be a SmartSamConfig, got {type(config).__name__}")
         self.engine = engine
-        self.config = SmartSamConfig.from_options(options)
+        self.config = config
         self.seed = seed
-        self.selector: Selector = make_selector(selector, engine, dinov2_model)
+        self.intent: Intent = intent if intent is not None else NoIntent()
         self._sam = SamClickSession(engine, image, multimask_first=True)
         self.emb: ImageEmbedding = self._sam.emb
         feats = [np.asarray(f, np.float32) for f in reference_features]
-        feats += [self.selector.reference_features(img, m) for img, m in references]
-        self.references = np.stack(feats) if feats and feats[0].size else np.zeros((0, 0), np.float32)
+        feats += [self.intent.reference_features(img, m) for img, m in references]
+        self.references = (
+            np.stack(feats) if feats and feats[0].size else np.zeros((0, 0), np.float32)
+        )
         self.pool = CandidatePool()
         self.chosen: int | None = None
-        #: Seconds per stage of the first click: sampler, chains, selector, total.
+        #: Seconds per stage of the first click: sampler, chains, intent, total.
         self.timings: dict[str, float] = {}
 
     # ClickSession protocol ------------------------------------------------------------
@@ -239,14 +251,17 @@ class SmartSamSession:
         prompts = [Prompt(points=click, labels=np.ones(1))]
         points = sample_points((x, y), size, cfg.n_points, cfg.beta, rng)
         prompts += [Prompt(points=p[None], labels=np.ones(1)) for p in points]
-        prompts += [Prompt(box=b) for b in sample_boxes((x, y), size, cfg.n_boxes, np.random.default_rng(streams[1]))]
+        prompts += [
+            Prompt(box=b)
+            for b in sample_boxes((x, y), size, cfg.n_boxes, np.random.default_rng(streams[1]))
+        ]
         out = self.engine.decode(self.emb, prompts, multimask=True, frame="none")
         kinds = ["click"] + ["point"] * cfg.n_points + ["box"] * cfg.n_boxes
         for m in range(3):
             self.pool.add(out.low_res_logits[:, m], out.iou[:, m], prompts, kinds)
         t_sampler = time.perf_counter()
 
-        row, col = pixel_of(self.emb, x, y)
+        row, col = lowres_pixel(self.emb, x, y)
         self._run_chains(click, row, col, [np.random.default_rng(s) for s in streams[2:]])
         t_chains = time.perf_counter()
 
@@ -256,10 +271,16 @@ class SmartSamSession:
         self.timings = {
             "sampler": t_sampler - start,
             "chains": t_chains - t_sampler,
-            "selector": end - t_chains,
+            "intent": end - t_chains,
             "total": end - start,
         }
-        log.debug("SmartSAM: %d candidates, chose %d (%s), %s", len(self.pool), index, self.pool.source[index], self.timings)
+        log.debug(
+            "SmartSAM: %d candidates, chose %d (%s), %s",
+            len(self.pool),
+            index,
+            self.pool.source[index],
+            self.timings,
+        )
         return index
 
     def _eligible(self, masks: np.ndarray, row: int, col: int) -> np.ndarray:
@@ -272,41 +293,58 @@ class SmartSamSession:
         """Chain starts: the best distinct candidates that contain the click, ranked by the
         selection score (:meth:`_scores`), so with references the chains refine the
         candidates most like them."""
-        masks = crop_logits(self.emb, self.pool.logits) > 0
-        keep = self._eligible(masks, row, col) & ~_duplicates(masks, self.pool.iou, self.config.duplicate_iou)
+        masks = crop_lowres(self.pool.logits, lowres_shape(self.emb)) > 0
+        keep = self._eligible(masks, row, col) & ~_duplicates(
+            masks, self.pool.iou, self.config.duplicate_iou
+        )
         score = self._scores(masks, keep)
         order = [int(i) for i in np.argsort(-score, kind="stable") if keep[i]]
         return order[: self.config.n_chains]
 
-    def _run_chains(self, click: np.ndarray, row: int, col: int, rngs: list[np.random.Generator]) -> None:
+    def _run_chains(
+        self, click: np.ndarray, row: int, col: int, rngs: list[np.random.Generator]
+    ) -> None:
         cfg = self.config
         # Each chain: (prompt points, labels, box, current logits, current iou, rng)
         chains = []
-        for rng, i in zip(rngs, self._starts(row, col)):
+        for rng, i in zip(rngs, self._starts(row, col), strict=False):
             p = self.pool.prompts[i]
             pts, lab = (click, np.ones(1, np.int64)) if p.points is None else (p.points, p.labels)
             if not (pts == click).all(axis=1).any():
                 pts, lab = np.concatenate([click, pts]), np.concatenate([[1], lab])
-            chains.append([pts, lab, p.box, self.pool.logits[i], float(self.pool.iou[i]), rng, len(chains)])
+            chains.append(
+                [pts, lab, p.box, self.pool.logits[i], float(self.pool.iou[i]), rng, len(chains)]
+            )
         for step in range(1, cfg.chain_steps + 1):
             prompts, active = [], []
             for chain in chains:
                 pts, lab, box, logits, iou, rng, _ = chain
-                move = next_click(crop_logits(self.emb, logits), iou, rng, cfg.rho)
+                move = next_click(crop_lowres(logits, lowres_shape(self.emb)), iou, rng, cfg.rho)
                 if move is None:
                     continue
                 (r, c), action = move
                 xy = lowres_to_image(self.emb, np.array([[c, r]]))
                 chain[0] = np.concatenate([pts, xy])
                 chain[1] = np.concatenate([lab, [1 if action == "add" else 0]])
-                prompts.append(Prompt(points=chain[0], labels=chain[1], box=box, mask_logits=logits))
+                prompts.append(
+                    Prompt(points=chain[0], labels=chain[1], box=box, mask_logits=logits)
+                )
                 active.append(chain)
             if not prompts:
                 break
             out = self.engine.decode(self.emb, prompts, multimask=False, frame="none")
             ids = [chain[6] for chain in active]
-            self.pool.add(out.low_res_logits[:, 0], out.iou[:, 0], prompts, ["chain"] * len(prompts), ids, step)
-            for chain, logits, iou in zip(active, out.low_res_logits[:, 0], out.iou[:, 0]):
+            self.pool.add(
+                out.low_res_logits[:, 0],
+                out.iou[:, 0],
+                prompts,
+                ["chain"] * len(prompts),
+                ids,
+                step,
+            )
+            for chain, logits, iou in zip(
+                active, out.low_res_logits[:, 0], out.iou[:, 0], strict=True
+            ):
                 chain[3], chain[4] = logits, float(iou)
             chains = active
 
@@ -317,12 +355,13 @@ class SmartSamSession:
         score = np.full(len(self.pool), -np.inf)
         idx = np.flatnonzero(ok)
         score[idx] = self.pool.iou[idx]
-        if len(idx) and len(self.references) and self.selector.name != "none":
-            feats = self.selector.candidate_features(self.emb, masks[idx].astype(np.float32))
+        if len(idx) and len(self.references) and self.intent.name != "none":
+            feats = self.intent.candidate_features(self.emb, masks[idx].astype(np.float32))
             if feats.shape[1] != self.references.shape[1]:
                 raise ValueError(
-                    f"reference features have {self.references.shape[1]} dimensions but selector "
-                    f"{self.selector.name!r} gives {feats.shape[1]}: were they made by another selector?"
+                    f"reference features have {self.references.shape[1]} dimensions but intent "
+                    f"{self.intent.name!r} gives {feats.shape[1]}: were they made by another "
+                    "intent?"
                 )
             sim = similarity(feats, self.references, self.config.reduce)
             score[idx] = sim + self.config.iou_weight * self.pool.iou[idx]
@@ -331,7 +370,7 @@ class SmartSamSession:
     def _select(self, row: int, col: int) -> int:
         """Index of the chosen candidate: eligible (:meth:`_eligible`), then the best
         :meth:`_scores`."""
-        masks = crop_logits(self.emb, self.pool.logits) > 0
+        masks = crop_lowres(self.pool.logits, lowres_shape(self.emb)) > 0
         ok = self._eligible(masks, row, col)
         if not ok.any():  # nothing plausible holds the click: fall back to any non-empty one
             ok = masks.any(axis=(1, 2)) if masks.any() else np.ones(len(self.pool), bool)

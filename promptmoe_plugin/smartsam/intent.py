@@ -1,9 +1,10 @@
-"""Intent selectors: which candidate mask is the object the annotator means.
+"""Intent: which candidate mask is the object the annotator means.
 
-Every selector maps an (image, mask) pair to a unit feature vector; candidates are scored
+Every intent maps an (image, mask) pair to a unit feature vector; candidates are scored
 by cosine similarity to the features of reference instances (each an image with a mask).
-Reference features are computed once per (image, mask) content and cached by the
-selector, and :func:`make_selector` returns one shared selector per engine, name and model.
+Reference features are computed once per (image, mask) content and cached by the intent
+instance, so a caller keeps one instance (:func:`make_intent`) for as long as the cached
+features should live.
 
 * ``sam``: always available offline.  SAM's image embedding average-pooled under the mask,
   plus a Lab colour histogram and a gradient-magnitude (texture) histogram of the masked
@@ -20,8 +21,8 @@ import hashlib
 import logging
 import math
 import threading
-import weakref
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -29,23 +30,23 @@ import torch
 import torch.nn.functional as F
 
 from ..sam import LOW_RES, ImageEmbedding, LRUCache, SamEngine, image_key
-from .frames import lowres_shape, mask_to_lowres, working_lowres_image
+from ..sam.frames import lowres_shape, mask_to_lowres, working_image_lowres
 
 log = logging.getLogger(__name__)
 
-SELECTORS = ("none", "sam", "dinov2")
+INTENTS = ("none", "sam", "dinov2")
 #: Hub id of the default DINOv2 model (used when no local path is given).
 DEFAULT_DINOV2 = "facebook/dinov2-base"
-#: Cached reference features per selector (a feature is at most a few KB).
+#: Cached reference features per intent instance (a feature is at most a few KB).
 REFERENCE_CACHE_MB = 16
 
 
-class SelectorError(ValueError):
-    """A selector that cannot be built (unknown name, model not loadable)."""
+class IntentError(ValueError):
+    """An intent that cannot be built (unknown name, model not loadable)."""
 
 
-class Selector(Protocol):
-    """What SmartSAM needs from an intent selector."""
+class Intent(Protocol):
+    """What SmartSAM needs from an intent."""
 
     name: str
 
@@ -56,7 +57,8 @@ class Selector(Protocol):
 
     def candidate_features(self, emb: ImageEmbedding, weights: np.ndarray) -> np.ndarray:
         """``(N, D) float32`` unit features of ``weights`` ``(N, lh, lw)`` float32 in
-        [0, 1] (candidate masks on the low-res grid of ``emb``, see :mod:`.frames`)."""
+        [0, 1] (candidate masks on the :func:`~promptmoe_plugin.sam.frames.lowres_shape`
+        grid of ``emb``)."""
         ...
 
 
@@ -92,7 +94,9 @@ def _pool(weights: np.ndarray, grid: np.ndarray) -> np.ndarray:
 
 
 def _mask_key(mask: np.ndarray) -> str:
-    return hashlib.blake2b(np.packbits(mask).tobytes() + str(mask.shape).encode(), digest_size=16).hexdigest()
+    return hashlib.blake2b(
+        np.packbits(mask).tobytes() + str(mask.shape).encode(), digest_size=16
+    ).hexdigest()
 
 
 class ReferenceCache:
@@ -102,12 +106,17 @@ class ReferenceCache:
         self._refs: LRUCache[np.ndarray] = LRUCache(capacity_mb)
 
     def get(
-        self, image: np.ndarray, mask: np.ndarray, compute: Callable[[np.ndarray, np.ndarray], np.ndarray]
+        self,
+        image: np.ndarray,
+        mask: np.ndarray,
+        compute: Callable[[np.ndarray, np.ndarray], np.ndarray],
     ) -> np.ndarray:
         """Cached ``compute(image, mask)`` for ``(H, W, 3) uint8`` image, ``(H, W) bool`` mask."""
         mask = np.asarray(mask, bool)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"reference image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
+            raise ValueError(
+                f"reference image must be (H, W, 3) uint8, got {image.shape} {image.dtype}"
+            )
         if mask.shape != image.shape[:2]:
             raise ValueError(f"reference mask is {mask.shape} but its image is {image.shape[:2]}")
         if not mask.any():
@@ -120,7 +129,7 @@ class ReferenceCache:
         return hit
 
 
-class NoSelector:
+class NoIntent:
     """The paper's pure mode: no features (zero-length vectors)."""
 
     name = "none"
@@ -140,13 +149,19 @@ def _pixel_bins(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel colour-bin and gradient-bin indices of ``(h, w, 3) uint8`` RGB: two
     ``(h * w,) int64`` arrays (Lab joint bins; log-spaced Sobel magnitude bins)."""
     lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).reshape(-1, 3).astype(np.int64)  # all in 0..255
-    colour = (lab[:, 0] * _L_BINS // 256) * _AB_BINS**2 + (lab[:, 1] * _AB_BINS // 256) * _AB_BINS + (
-        lab[:, 2] * _AB_BINS // 256
+    colour = (
+        (lab[:, 0] * _L_BINS // 256) * _AB_BINS**2
+        + (lab[:, 1] * _AB_BINS // 256) * _AB_BINS
+        + (lab[:, 2] * _AB_BINS // 256)
     )
     gray = lab[:, 0].reshape(rgb.shape[:2]).astype(np.float32)
-    grad = np.hypot(cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3))
+    grad = np.hypot(
+        cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3)
+    )
     # log-spaced edges over 0..~1000 (the Sobel magnitude range of 8-bit images)
-    texture = np.clip(np.log1p(grad.reshape(-1)) * (_GRAD_BINS / math.log1p(1024)), 0, _GRAD_BINS - 1)
+    texture = np.clip(
+        np.log1p(grad.reshape(-1)) * (_GRAD_BINS / math.log1p(1024)), 0, _GRAD_BINS - 1
+    )
     return colour, texture.astype(np.int64)
 
 
@@ -159,7 +174,7 @@ def _histograms(weights: np.ndarray, bins: np.ndarray, n_bins: int) -> np.ndarra
     return _unit(np.sqrt(hist))
 
 
-class SamSelector:
+class SamIntent:
     """Pooled SAM embedding + colour + texture descriptor (offline, no extra model).
 
     Args:
@@ -177,7 +192,7 @@ class SamSelector:
         self._refs = ReferenceCache()
         w = np.asarray(weights, np.float64)
         if w.shape != (3,) or (w < 0).any() or w.sum() <= 0:
-            raise SelectorError(f"weights must be 3 non-negative numbers, got {weights!r}")
+            raise IntentError(f"weights must be 3 non-negative numbers, got {weights!r}")
         self.part_scale = np.sqrt(w / w.sum()).astype(np.float32)
 
     def reference_features(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -196,9 +211,11 @@ class SamSelector:
         padded = np.zeros((n, LOW_RES, LOW_RES), np.float32)
         padded[:, :lh, :lw] = weights
         coarse = padded.reshape(n, 64, 4, 64, 4).mean(axis=(2, 4)).reshape(n, -1)
-        grid = emb.features[0].float().cpu().numpy().reshape(emb.features.shape[1], -1).T  # (4096, 256)
+        grid = (
+            emb.features[0].float().cpu().numpy().reshape(emb.features.shape[1], -1).T
+        )  # (4096, 256)
         sam = _unit(_pool(coarse, grid))
-        colour_bins, texture_bins = _pixel_bins(working_lowres_image(emb))
+        colour_bins, texture_bins = _pixel_bins(working_image_lowres(emb))
         flat = weights.reshape(n, -1).astype(np.float32)
         colour = _histograms(flat, colour_bins, _L_BINS * _AB_BINS**2)
         texture = _histograms(flat, texture_bins, _GRAD_BINS)
@@ -206,7 +223,7 @@ class SamSelector:
         return np.concatenate([s[0] * sam, s[1] * colour, s[2] * texture], axis=1)
 
 
-class Dinov2Selector:
+class Dinov2Intent:
     """DINOv2 patch tokens average-pooled under the mask (``transformers``).
 
     Args:
@@ -220,16 +237,18 @@ class Dinov2Selector:
     MEAN = np.array([0.485, 0.456, 0.406], np.float32)
     STD = np.array([0.229, 0.224, 0.225], np.float32)
 
-    def __init__(self, model: str | None = None, long_side: int = 448, device: str | torch.device = "cpu"):
+    def __init__(
+        self, model: str | None = None, long_side: int = 448, device: str | torch.device = "cpu"
+    ):
         from transformers import AutoModel
 
         self.model_id = model or DEFAULT_DINOV2
         try:
             self.model = AutoModel.from_pretrained(self.model_id).eval().to(device)
         except (OSError, ValueError) as exc:
-            raise SelectorError(
+            raise IntentError(
                 f"cannot load DINOv2 model {self.model_id!r} ({exc}); pass a local folder "
-                "(--dinov2-model) or use the offline selector 'sam'"
+                "(--dinov2-model) or use the offline intent 'sam'"
             ) from exc
         cfg = self.model.config
         self.patch = int(cfg.patch_size)
@@ -250,7 +269,9 @@ class Dinov2Selector:
         h, w = image.shape[:2]
         scale = self.long_side / max(h, w)
         gh, gw = max(1, round(h * scale / self.patch)), max(1, round(w * scale / self.patch))
-        resized = cv2.resize(image, (gw * self.patch, gh * self.patch), interpolation=cv2.INTER_AREA)
+        resized = cv2.resize(
+            image, (gw * self.patch, gh * self.patch), interpolation=cv2.INTER_AREA
+        )
         x = (resized.astype(np.float32) / 255 - self.MEAN) / self.STD
         pixel_values = torch.from_numpy(x.transpose(2, 0, 1)[None].copy()).to(self.device)
         with self._lock:
@@ -277,29 +298,20 @@ class Dinov2Selector:
         return self._features(emb.image, weights)
 
 
-_SHARED: "weakref.WeakKeyDictionary[SamEngine, dict[tuple[str, str | None], Selector]]" = weakref.WeakKeyDictionary()
-_SHARED_LOCK = threading.Lock()
+def make_intent(name: str, engine: SamEngine, model: str | None = None) -> Intent:
+    """A new intent ``name`` (``none``, ``sam`` or ``dinov2``) for ``engine``; ``model`` is
+    the DINOv2 folder or hub id (default :data:`DEFAULT_DINOV2`).
 
-
-def make_selector(name: str, engine: SamEngine, model: str | None = None) -> Selector:
-    """The selector ``name`` (``none``, ``sam`` or ``dinov2``) for ``engine``.
-
-    One instance per (engine, name, model) is kept and returned again, so a model is
-    loaded once and reference features stay cached across sessions.
+    Each call builds a new instance (a DINOv2 model is loaded again): keep it to keep its
+    cache of reference features.
 
     Raises:
-        SelectorError: unknown name, or a DINOv2 model that cannot be loaded.
+        IntentError: unknown name, or a DINOv2 model that cannot be loaded.
     """
-    if name not in SELECTORS:
-        raise SelectorError(f"unknown selector {name!r}; choose one of {', '.join(SELECTORS)}")
-    with _SHARED_LOCK:
-        per_engine = _SHARED.setdefault(engine, {})
-        key = (name, model if name == "dinov2" else None)
-        if key not in per_engine:
-            if name == "none":
-                per_engine[key] = NoSelector()
-            elif name == "sam":
-                per_engine[key] = SamSelector(engine)
-            else:
-                per_engine[key] = Dinov2Selector(model, device=engine.device)
-        return per_engine[key]
+    if name == "none":
+        return NoIntent()
+    if name == "sam":
+        return SamIntent(engine)
+    if name == "dinov2":
+        return Dinov2Intent(model, device=engine.device)
+    raise IntentError(f"unknown intent {name!r}; choose one of {', '.join(INTENTS)}")

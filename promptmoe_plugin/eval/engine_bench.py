@@ -1,19 +1,21 @@
-"""``promptmoe bench engine``: encoder, decoder (batched vs one by one), cache, memory."""
+"""The engine benchmark: encoder, decoder (batched vs one by one), cache, memory."""
 
 from __future__ import annotations
 
 import resource
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from ..images import resize_longest
-from .engine import Prompt, SamEngine
+from ..sam import Prompt, SamEngine
 
 
 def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    """Median wall time of ``repeats`` calls of ``fn``."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -23,10 +25,13 @@ def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
 
 
 def _peak_rss_mb() -> float:
+    """Peak resident set size of this process in MB (Linux reports ``ru_maxrss`` in KB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench_engine(engine: SamEngine, repeats: int = 5, batch: int = 16, seed: int = 0) -> dict[str, Any]:
+def bench_engine(
+    engine: SamEngine, repeats: int = 5, batch: int = 16, seed: int = 0
+) -> dict[str, Any]:
     """Time the engine's steps on the astronaut photo; returns figures in seconds and MB.
 
     Every encode uses a copy of the photo with one pixel changed, so it is a real cache
@@ -55,9 +60,14 @@ def bench_engine(engine: SamEngine, repeats: int = 5, batch: int = 16, seed: int
     per_prompt = {}
     for chunk in sorted({1, 4, batch}):
         engine.decode_chunk = chunk
-        per_prompt[chunk] = _median_seconds(lambda: engine.decode(emb, prompts, frame="none"), repeats) / batch
+        per_prompt[chunk] = (
+            _median_seconds(lambda: engine.decode(emb, prompts, frame="none"), repeats) / batch
+        )
     engine.decode_chunk = default_chunk
-    single = _median_seconds(lambda: [engine.decode(emb, [p], frame="none") for p in prompts], repeats) / batch
+    single = (
+        _median_seconds(lambda: [engine.decode(emb, [p], frame="none") for p in prompts], repeats)
+        / batch
+    )
     one_click = _median_seconds(lambda: engine.decode(emb, prompts[:1], frame="image"), repeats)
 
     large = np.ascontiguousarray(resize_longest(image, 8000)[:6000])  # 8000x6000, 48 MP
@@ -93,12 +103,18 @@ def format_engine_report(r: dict[str, Any]) -> str:
     rows = [
         ("model / device", f"{r['model']} / {r['device']}"),
         ("image encoder (cache miss)", f"{r['encode_s'] * 1000:.0f} ms"),
-        ("embed, cache hit", f"{r['cache_hit_s'] * 1000:.2f} ms  ({r['encode_over_hit']:.0f}x faster)"),
+        (
+            "embed, cache hit",
+            f"{r['cache_hit_s'] * 1000:.2f} ms  ({r['encode_over_hit']:.0f}x faster)",
+        ),
         *(
             (f"decode per prompt, {r['batch']} sets, decoder batch {c}", f"{t * 1000:.1f} ms")
             for c, t in r["decode_per_prompt_s_by_chunk"].items()
         ),
-        ("decode per prompt, one decode() call each", f"{r['decode_single_calls_per_prompt_s'] * 1000:.1f} ms"),
+        (
+            "decode per prompt, one decode() call each",
+            f"{r['decode_single_calls_per_prompt_s'] * 1000:.1f} ms",
+        ),
         (f"speed-up of batch {r['batch']} over one call each", f"{r['batched_speedup']:.2f}x"),
         ("engine's decoder batch on this device", str(r["decode_chunk"])),
         ("one click incl. upscale to image", f"{r['one_click_with_upscale_s'] * 1000:.1f} ms"),
@@ -106,7 +122,10 @@ def format_engine_report(r: dict[str, Any]) -> str:
             f"{r['large_image'][1]}x{r['large_image'][0]} image: encode + click",
             f"{r['large_image_encode_and_click_s']:.2f} s",
         ),
-        ("encodes / cache hits / misses", f"{r['encodes']} / {r['cache']['hits']} / {r['cache']['misses']}"),
+        (
+            "encodes / cache hits / misses",
+            f"{r['encodes']} / {r['cache']['hits']} / {r['cache']['misses']}",
+        ),
         ("peak RSS", f"{r['peak_rss_mb']:.0f} MB"),
     ]
     width = max(len(k) for k, _ in rows)
