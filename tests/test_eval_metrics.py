@@ -87,6 +87,16 @@ def test_coarse_deterministic_and_damaged(kind):
         assert not np.array_equal(first, make_coarse(gt, image, kind, seed=4))
 
 
+def test_grabcut_of_an_object_filling_the_image_keeps_a_border():
+    gt = np.ones((80, 100), bool)  # the GT box is the whole image: no background pixels
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 40, (*gt.shape, 3), dtype=np.uint8)
+    image[4:-4, 4:-4] = rng.integers(180, 255, (72, 92, 3), dtype=np.uint8)
+    coarse = make_coarse(gt, image, "grabcut", seed=0)
+    assert coarse.shape == gt.shape and coarse[10:-10, 10:-10].all()
+    assert not coarse[0].any() and not coarse[:, -1].any()  # outside the inset box
+
+
 def test_coarse_bad_input_and_seed():
     with pytest.raises(ValueError, match="unknown coarse kind"):
         make_coarse(disk_gt(), np.zeros((120, 160, 3), np.uint8), "blur")

@@ -108,6 +108,40 @@ def test_refine_bench_end_to_end(engine, tmp_path):
         run_refine_bench(engine, [folder], ["sam-box"], ["blur"])
 
 
+def test_a_sample_without_a_coarse_mask_is_skipped_and_counted(engine, tmp_path):
+    from PIL import Image
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "gt").mkdir()
+    rng = np.random.default_rng(0)
+    for name, (y0, y1, x0, x1) in {"big": (20, 100, 30, 130), "tiny": (60, 66, 70, 76)}.items():
+        image = rng.integers(0, 80, (128, 160, 3), dtype=np.uint8)
+        gt = np.zeros((128, 160), np.uint8)
+        gt[y0:y1, x0:x1] = 255
+        image[gt > 0] = (220, 180, 40)
+        Image.fromarray(image).save(tmp_path / "img" / f"{name}.png")
+        Image.fromarray(gt).save(tmp_path / "gt" / f"{name}.png")
+    result = run_refine_bench(
+        engine,
+        [str(tmp_path)],
+        ["sam-box"],
+        ["lowres"],
+        baseline=UNREFINED,
+        bootstrap=0,
+        progress=False,
+    )
+    assert {r["image"] for r in result["per_image"]} == {"big"}
+    assert result["skipped"] == [
+        {
+            "dataset": tmp_path.name,
+            "image": "tiny",
+            "coarse": "lowres",
+            "reason": "the lowres coarse mask is empty",
+        }
+    ]
+    assert "Skipped 1 samples" in refine_tables(result)
+
+
 def test_encoder_clock_times_real_encodes(engine, voc):
     engine.embed(voc["rgb"])  # cached in the benchmark engine: the clock still encodes for real
     clock = EncoderClock(engine, images=1)

@@ -8,7 +8,9 @@ Every generator maps a ground-truth ``(H, W) bool`` mask (image frame) to a coar
 * ``morph``: a global dilation or erosion, smooth boundary jitter, holes, spurious blobs
   and a missing part, all scaled by the object's size.
 * ``grabcut``: OpenCV GrabCut (5 iterations) from the GT box scaled by 1.05 about its
-  centre: a real classical segmenter.
+  centre (clipped to the image; a box that would cover the whole image is inset by 2% of
+  the short side, so GrabCut has background pixels to learn from): a real classical
+  segmenter.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ KINDS = ("lowres", "morph", "grabcut")
 LOWRES_FACTOR = 16
 GRABCUT_ITERATIONS = 5
 GRABCUT_BOX_SCALE = 1.05
+#: Share of the short side left outside a GrabCut box that would cover the whole image.
+GRABCUT_INSET = 0.02
 
 
 def sample_seed(seed: int, name: str) -> int:
@@ -129,6 +133,10 @@ def grabcut(gt: np.ndarray, image: np.ndarray, seed: int) -> np.ndarray:
     )
     x0, y0 = max(0, int(cx - bw / 2)), max(0, int(cy - bh / 2))
     x1, y1 = min(w, int(np.ceil(cx + bw / 2))), min(h, int(np.ceil(cy + bh / 2)))
+    if (x0, y0, x1, y1) == (0, 0, w, h):
+        # GrabCut learns the background from the pixels outside the box: keep a border.
+        inset = max(1, round(GRABCUT_INSET * min(h, w)))
+        x0, y0, x1, y1 = inset, inset, w - inset, h - inset
     state = np.zeros((h, w), np.uint8)
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     cv2.setRNGSeed(int(seed) % 2**31)

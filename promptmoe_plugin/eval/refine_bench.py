@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -144,6 +145,7 @@ def run_refine_bench(
     }
     keep = overlays if out else 0
     per_image: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
     extremes = {r.name: Extremes(keep) for r in runners}
     for name, samples in data:
         for sample in tqdm(samples, desc=f"refine {name}", unit="img", disable=not progress):
@@ -155,7 +157,13 @@ def run_refine_bench(
             engine.embed(image)
             s = sample_seed(seed, sample.name)
             for kind in kinds:
-                initial = make_coarse(gt, image, kind, s)
+                initial, reason = _coarse(gt, image, kind, s)
+                if initial is None:
+                    log.warning("%s/%s %s: skipped (%s)", name, sample.name, kind, reason)
+                    skipped.append(
+                        {"dataset": name, "image": sample.name, "coarse": kind, "reason": reason}
+                    )
+                    continue
                 before = _quality(initial, gt, ignore)
                 for runner in runners:
                     t0 = time.perf_counter()
@@ -199,10 +207,25 @@ def run_refine_bench(
                         )
                         ext.add(gain, case)
     summary = summarize_refine(per_image, names, baseline, bootstrap=bootstrap, seed=seed)
-    payload = {**summary, "per_image": per_image, "config": config}
+    payload = {**summary, "per_image": per_image, "skipped": skipped, "config": config}
     if out:
         _write_refine_report(Path(out), payload, extremes)
     return payload
+
+
+def _coarse(
+    gt: np.ndarray, image: np.ndarray, kind: str, seed: int
+) -> tuple[np.ndarray | None, str]:
+    """The coarse mask of ``kind`` (``(H, W) bool``, image frame), or None and the reason
+    when it cannot be made or is empty (e.g. a small object gone at 16x downsampling):
+    such a sample is skipped, never the whole run."""
+    try:
+        initial = make_coarse(gt, image, kind, seed)
+    except cv2.error as exc:
+        return None, f"the {kind} coarse mask failed: {str(exc).strip().splitlines()[-1]}"
+    if not initial.any():
+        return None, f"the {kind} coarse mask is empty"
+    return initial, ""
 
 
 def _write_refine_report(out: Path, result: dict[str, Any], extremes: dict[str, Extremes]) -> None:

@@ -6,6 +6,7 @@ import heapq
 import json
 import logging
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,6 +140,11 @@ def refine_tables(result: dict[str, Any], markdown: bool = False) -> str:
     stages = list(dict.fromkeys(s for t in result["timings"].values() for s in t))
     timings = [{"method": m, **t} for m, t in result["timings"].items()]
     out += ["Mean seconds per stage:", table(timings, ["method", *stages], markdown)]
+    skipped = result.get("skipped", [])
+    if skipped:
+        reasons = Counter(s["reason"] for s in skipped)
+        out += ["", f"Skipped {len(skipped)} samples (image x coarse kind):"]
+        out += [f"  {n} x {reason}" for reason, n in reasons.most_common()]
     return "\n".join(out)
 
 
