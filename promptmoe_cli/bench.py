@@ -10,8 +10,8 @@ from pathlib import Path
 
 from ls_backend.bench import bench_samples, bench_server, files_root, format_server_report
 from ls_backend.server import load_model
-from promptmoe_plugin.eval.click_bench import run_click_bench
-from promptmoe_plugin.eval.clicker import MAX_CLICKS
+from promptmoe_plugin.eval.click_bench import REFERENCE_POOLS, run_click_bench
+from promptmoe_plugin.eval.clicker import FIRST_CLICKS, MAX_CLICKS
 from promptmoe_plugin.eval.coarse import KINDS
 from promptmoe_plugin.eval.engine_bench import bench_engine, format_engine_report
 from promptmoe_plugin.eval.methods import CLICK_METHODS
@@ -41,6 +41,8 @@ def _run_click(args: argparse.Namespace) -> int:
         references=args.references,
         seed=args.seed,
         options=parse_options(args.option),
+        first_click=args.first_click,
+        reference_pool=args.reference_pool,
         out=args.out,
         overlays=args.overlays,
     )
@@ -171,7 +173,22 @@ def register(sub: Subparsers, bench: Subparsers) -> None:
         type=int,
         default=5,
         metavar="R",
-        help="reference masks from up to R earlier images for methods that use them (default 5)",
+        help="up to R reference masks for the methods that use them (default 5)",
+    )
+    p.add_argument(
+        "--reference-pool",
+        choices=REFERENCE_POOLS,
+        default="auto",
+        help="references from other instances of the image's class (same-class: a Label "
+        "Studio label's exemplars), from the earlier images whatever their object (earlier), "
+        "or same-class where sample names carry a class (auto, the default)",
+    )
+    p.add_argument(
+        "--first-click",
+        choices=FIRST_CLICKS,
+        default="center",
+        help="first click at the object's deepest pixel (center, the default) or uniformly "
+        "inside it, 5 px or more from its boundary, seeded (random)",
     )
     _common(p)
     p.set_defaults(func=_run_click)

@@ -8,9 +8,17 @@ import pytest
 from conftest import data_dir
 from promptmoe_plugin.clicks import SamClickSession
 from promptmoe_plugin.eval import methods
-from promptmoe_plugin.eval.click_bench import run_click_bench
-from promptmoe_plugin.eval.clicker import Click, Clicker, iou_at, noc, simulate, summarize_runs
-from promptmoe_plugin.eval.datasets import load_dataset
+from promptmoe_plugin.eval.click_bench import _same_class, run_click_bench
+from promptmoe_plugin.eval.clicker import (
+    Click,
+    Clicker,
+    drops,
+    iou_at,
+    noc,
+    simulate,
+    summarize_runs,
+)
+from promptmoe_plugin.eval.datasets import instance_class, load_dataset
 from promptmoe_plugin.eval.report import click_tables, write_json
 
 
@@ -189,3 +197,78 @@ def test_click_bench_writes_report_and_json(engine, tmp_path):
     assert len(list((out / "overlays").glob("*.png"))) == 4  # best and worst of 2 methods
     with pytest.raises(ValueError, match="unknown click method"):
         run_click_bench(engine, [folder], ["nope"])
+
+
+def test_random_first_click_is_seeded_and_away_from_the_boundary():
+    gt = rect((60, 80), 10, 50, 10, 70)
+    clicks = [
+        Clicker(gt, first="random", rng=np.random.default_rng(s)).next_click(gt & False)
+        for s in (3, 3, 4)
+    ]
+    assert clicks[0] == clicks[1] != clicks[2]
+    assert all(c.positive and 15 <= c.y < 45 and 15 <= c.x < 65 for c in clicks)
+    thin = rect((60, 80), 10, 14, 10, 70)  # nowhere 5 px deep: the deepest row instead
+    click = Clicker(thin, first="random", rng=np.random.default_rng(0)).next_click(thin & False)
+    assert click.y in (11, 12)
+    with pytest.raises(ValueError, match="random generator"):
+        Clicker(gt, first="random")
+    with pytest.raises(ValueError, match="first click"):
+        Clicker(gt, first="corner")
+
+
+def test_drops_and_the_per_click_curve():
+    assert drops([0.9, 0.7, 0.75, 0.5, 0.45]) == 2  # 0.9->0.7 and 0.75->0.5; 0.5->0.45 is 5 points
+    out = summarize_runs([[0.9, 0.7, 0.95], [0.5, 0.6]], max_clicks=4)
+    assert out["drops"] == 1
+    assert out["miou_curve"] == pytest.approx([70.0, 65.0, 77.5, 77.5])
+
+
+def test_instance_class_of_coco_style_names():
+    assert instance_class("baseball bat03_000000123") == ("baseball bat", "000000123")
+    assert instance_class("cup10_42") == ("cup", "42")
+    assert instance_class("124080") is None and instance_class("llama") is None
+
+
+def test_same_class_references_skip_the_same_photo_and_other_classes(engine, tmp_path):
+    from PIL import Image
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "gt").mkdir()
+    areas = {"cup01_1": 100, "cup02_1": 200, "cup03_2": 300, "cup04_3": 400, "dog01_5": 500}
+    for name, area in areas.items():
+        gt = np.zeros((40, 50), np.uint8)
+        gt.reshape(-1)[:area] = 255
+        Image.fromarray(np.full((40, 50, 3), 90, np.uint8)).save(tmp_path / "img" / f"{name}.png")
+        Image.fromarray(gt).save(tmp_path / "gt" / f"{name}.png")
+    samples = load_dataset(tmp_path)
+    by_name = {s.name: s for s in samples}
+    refs = _same_class(samples, by_name["cup02_1"], 5)
+    assert [int(g.sum()) for _, g in refs] == [400, 300]  # not cup01_1 (same photo), not the dog
+    assert [int(g.sum()) for _, g in _same_class(samples, by_name["cup04_3"], 2)] == [300, 200]
+    assert _same_class(samples, by_name["dog01_5"], 3) == []
+
+
+def test_click_bench_losses_curve_plot_and_pools(engine, tmp_path):
+    folder = str(data_dir("GrabCut"))
+    result = run_click_bench(
+        engine,
+        [folder],
+        ["sam", "sam-single"],
+        limit=2,
+        max_clicks=3,
+        first_click="random",
+        out=tmp_path,
+        overlays=1,
+        progress=False,
+    )
+    sam, single = result["summary"]["sam"], result["summary"]["sam-single"]
+    assert sam["losses"] == 0 and single["losses"] is not None
+    assert len(sam["miou_curve"]) == 3 and "drops" in sam
+    assert result["config"]["first_click"] == "random"
+    assert result["config"]["reference_pool"] == {"GrabCut": "earlier"}  # names carry no class
+    first = [r["clicks"][0] for r in result["per_image"]]
+    assert first[0] == first[1]  # every method gets the same random first click
+    assert (tmp_path / "miou_curve_GrabCut.png").is_file()
+    assert "miou_curve_GrabCut.png" in (tmp_path / "report.md").read_text()
+    with pytest.raises(ValueError, match="same-class references need"):
+        run_click_bench(engine, [folder], ["sam"], limit=1, reference_pool="same-class")

@@ -18,17 +18,27 @@ import numpy as np
 from tqdm import tqdm
 
 from ..sam import SamEngine
-from .clicker import MAX_CLICKS, MIOU_AT, THRESHOLDS, simulate, summarize_runs
+from .clicker import MAX_CLICKS, MIOU_AT, THRESHOLDS, Clicker, simulate, summarize_runs
 from .coarse import sample_seed
-from .datasets import sample_datasets
+from .datasets import Sample, instance_class, sample_datasets
 from .methods import Reference, click_methods, click_runners
 from .options import click_options, recorded
-from .report import LEGEND, Case, Extremes, click_tables, config_text, write_overlays, write_report
+from .report import (
+    LEGEND,
+    Case,
+    Extremes,
+    click_tables,
+    config_text,
+    plot_curves,
+    write_overlays,
+    write_report,
+)
 
 log = logging.getLogger(__name__)
 
 PROTOCOL = (
-    "first click at the deepest GT pixel, then the deepest pixel of the larger error; "
+    "first click at the deepest GT pixel (or random inside, see first_click), then the "
+    "deepest pixel of the larger error; "
     "ignore band excluded; previous logits fed back; no pixel clicked twice; "
     f"stop at IoU >= {max(THRESHOLDS)} after {max(MIOU_AT)} clicks; "
     "sec_per_click1 timed with the embedding and reference features cached"
@@ -45,6 +55,8 @@ def run_click_bench(
     references: int = 5,
     seed: int = 0,
     options: Mapping[str, Mapping[str, str]] | None = None,
+    first_click: str = "center",
+    reference_pool: str = "auto",
     out: str | Path | None = None,
     overlays: int = 3,
     progress: bool = True,
@@ -67,6 +79,13 @@ def run_click_bench(
         references: reference masks from up to this many earlier images.
         seed: run seed; each image's session seed is :func:`.coarse.sample_seed`.
         options: ``--option`` strings per target (:func:`.options.parse_options`).
+        first_click: ``"center"`` (the protocol's deepest pixel) or ``"random"`` (uniform
+            inside the object, 5 px or more from its boundary, seeded per image; every
+            method gets the same click).
+        reference_pool: where references come from: ``"earlier"`` (the previous images of
+            the dataset, whatever their object), ``"same-class"`` (other instances of the
+            image's class, from other photos: a Label Studio label's exemplars), or
+            ``"auto"`` (same-class where every sample name carries a class).
         out: folder for ``report.md`` and the overlays (None: no report).
         overlays: best and worst first clicks drawn per method when ``out`` is given.
         progress: show a progress bar per dataset.
@@ -78,6 +97,10 @@ def run_click_bench(
     Raises:
         ValueError: an unknown method, bad options, or unusable dataset folders.
     """
+    if reference_pool not in REFERENCE_POOLS:
+        raise ValueError(
+            f"reference pool must be one of {', '.join(REFERENCE_POOLS)}, got {reference_pool!r}"
+        )
     chosen = click_methods(methods)
     runners = click_runners(engine, chosen, click_options(options or {}, chosen))
     data = sample_datasets(folders, limit)
@@ -88,6 +111,8 @@ def run_click_bench(
         "seed": seed,
         "max_clicks": max_clicks,
         "references": references,
+        "reference_pool": {n: _pool(reference_pool, samples) for n, samples in data},
+        "first_click": first_click,
         "options": recorded(options or {}),
         "model": engine.model_id,
         "protocol": PROTOCOL,
@@ -96,6 +121,7 @@ def run_click_bench(
     per_image: list[dict[str, Any]] = []
     extremes = {r.name: Extremes(keep) for r in runners}
     for name, samples in data:
+        pool = config["reference_pool"][name]
         earlier: deque[Reference] = deque(maxlen=references)
         for sample in tqdm(samples, desc=f"click {name}", unit="img", disable=not progress):
             image, gt, ignore = sample.load()
@@ -103,13 +129,21 @@ def run_click_bench(
                 log.warning("%s/%s: empty ground truth, skipped", name, sample.name)
                 continue
             engine.embed(image)
+            wants = any(r.method.uses_references for r in runners)
+            if pool == "earlier":
+                pooled = list(earlier)
+            else:
+                pooled = _same_class(samples, sample, references) if wants else []
+            s = sample_seed(seed, sample.name)
             for runner in runners:
-                refs = list(earlier) if runner.method.uses_references else []
-                start = partial(
-                    runner.start, image, references=refs, seed=sample_seed(seed, sample.name)
-                )
+                refs = pooled if runner.method.uses_references else []
+                start = partial(runner.start, image, references=refs, seed=s)
                 start()  # untimed: fills the engine's and the intent's caches
-                run = simulate(start, gt, ignore, max_clicks=max_clicks, keep_masks=keep > 0)
+                rng = np.random.default_rng(s) if first_click == "random" else None
+                clicker = Clicker(gt, ignore, first_click, rng)
+                run = simulate(
+                    start, gt, ignore, max_clicks=max_clicks, keep_masks=keep > 0, clicker=clicker
+                )
                 per_image.append(
                     {
                         "dataset": name,
@@ -128,7 +162,8 @@ def run_click_bench(
                     title = f"{name}/{sample.name} click 1"
                     points, labels = np.array([[c.x, c.y]]), np.array([int(c.positive)])
                     ext.add(run.ious[0], Case(title, image, gt, run.masks[0], None, points, labels))
-            earlier.append((image, gt))
+            if pool == "earlier":
+                earlier.append((image, gt))
     by_dataset = {
         name: {
             r.name: _click_summary(
@@ -142,6 +177,7 @@ def run_click_bench(
         r.name: _click_summary([x for x in per_image if x["method"] == r.name], max_clicks)
         for r in runners
     }
+    _add_losses(per_image, summary, by_dataset)
     result = {
         "summary": summary,
         "by_dataset": by_dataset,
@@ -151,6 +187,59 @@ def run_click_bench(
     if out:
         _write_click_report(Path(out), result, extremes)
     return result
+
+
+#: Where the references of a project simulation come from (see :func:`run_click_bench`).
+REFERENCE_POOLS = ("auto", "earlier", "same-class")
+#: A method's click 1 loses on an image when its IoU is this far below plain SAM's.
+LOSS = 0.30
+
+
+def _pool(choice: str, samples: Sequence[Sample]) -> str:
+    """The reference pool used for a dataset: ``auto`` becomes ``same-class`` when every
+    sample name carries a class (:func:`.datasets.instance_class`), else ``earlier``."""
+    if choice != "auto":
+        if choice == "same-class" and any(instance_class(s.name) is None for s in samples):
+            raise ValueError("same-class references need sample names <class><NN>_<photo id>")
+        return choice
+    return "same-class" if all(instance_class(s.name) for s in samples) else "earlier"
+
+
+def _same_class(samples: Sequence[Sample], sample: Sample, limit: int) -> list[Reference]:
+    """Up to ``limit`` other instances of ``sample``'s class from other photos, the ones
+    before it in name order first, then from the end (every image gets as many as its class
+    allows); each ``(image (H, W, 3) uint8, gt (H, W) bool)``."""
+    label, photo = instance_class(sample.name)
+    i = samples.index(sample)
+    refs: list[Reference] = []
+    for other in [*samples[:i][::-1], *samples[i + 1 :][::-1]]:
+        if len(refs) == limit:
+            break
+        other_label, other_photo = instance_class(other.name)
+        if other_label == label and other_photo != photo:
+            image, gt, _ = other.load()
+            if gt.any():
+                refs.append((image, gt))
+    return refs
+
+
+def _add_losses(
+    per_image: list[dict[str, Any]],
+    summary: dict[str, dict[str, Any]],
+    by_dataset: dict[str, dict[str, dict[str, Any]]],
+) -> None:
+    """``losses``: images where a method's click-1 IoU is :data:`LOSS` or more below plain
+    SAM's (None when ``sam`` is not in the run)."""
+    sam = {(r["dataset"], r["image"]): r["ious"][0] for r in per_image if r["method"] == "sam"}
+    for method in summary:
+        lost = [
+            r["dataset"]
+            for r in per_image
+            if r["method"] == method and sam and r["ious"][0] < sam[r["dataset"], r["image"]] - LOSS
+        ]
+        summary[method]["losses"] = len(lost) if sam else None
+        for name, figures in by_dataset.items():
+            figures[method]["losses"] = lost.count(name) if sam else None
 
 
 def _click_summary(records: list[dict[str, Any]], max_clicks: int) -> dict[str, Any]:
@@ -168,10 +257,16 @@ def _click_summary(records: list[dict[str, Any]], max_clicks: int) -> dict[str, 
 
 def _write_click_report(out: Path, result: dict[str, Any], extremes: dict[str, Extremes]) -> None:
     lines = write_overlays(out, extremes, "IoU@1")
+    plots = []
+    for name, methods in result["by_dataset"].items():
+        curves = {m: f["miou_curve"] for m, f in methods.items() if f.get("images")}
+        path = plot_curves(out / f"miou_curve_{name}.png", curves, f"{name}: mIoU (%) per click")
+        plots.append(f"![]({path.name})")
     results = (
         "miou@k, oracle@1 (best candidate of click 1) and ratio@85 in %; noc in clicks; "
-        "nof@90 in images; seconds exclude the image encoder.\n\n"
-        + click_tables(result, markdown=True)
+        "nof@90 in images; drops: clicks after which the IoU fell more than 10 points; "
+        "losses: images whose click-1 IoU is 30+ points below plain SAM's; "
+        "seconds exclude the image encoder.\n\n" + click_tables(result, markdown=True)
     )
     write_report(
         out,
@@ -179,6 +274,7 @@ def _write_click_report(out: Path, result: dict[str, Any], extremes: dict[str, E
         [
             ("Configuration", "```\n" + config_text(result["config"]) + "\n```"),
             ("Results", results),
+            ("mIoU after each click", "\n\n".join(plots)),
             ("Best and worst cases (IoU after click 1)", LEGEND + "\n\n" + "\n".join(lines)),
         ],
     )

@@ -13,7 +13,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from itertools import pairwise
+from typing import Any, TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -28,6 +29,12 @@ MAX_CLICKS = 20
 THRESHOLDS = (0.85, 0.90)
 #: Clicks after which mIoU@k is reported.
 MIOU_AT = (1, 2, 3, 5)
+#: Where the first click goes: the object's deepest pixel, or uniformly inside the object.
+FIRST_CLICKS = ("center", "random")
+#: A ``random`` first click is at least this far (px) from the object's boundary.
+RANDOM_MARGIN = 5.0
+#: A click whose IoU falls more than this below the previous click's is a drop.
+DROP = 0.10
 
 
 @dataclass(frozen=True)
@@ -54,7 +61,18 @@ class Clicker:
         ignore: ``(H, W) bool`` pixels never counted as errors (or None).
     """
 
-    def __init__(self, gt: np.ndarray, ignore: np.ndarray | None = None):
+    def __init__(
+        self,
+        gt: np.ndarray,
+        ignore: np.ndarray | None = None,
+        first: str = "center",
+        rng: np.random.Generator | None = None,
+    ):
+        if first not in FIRST_CLICKS:
+            raise ValueError(f"first click must be one of {', '.join(FIRST_CLICKS)}, got {first!r}")
+        if first == "random" and rng is None:
+            raise ValueError("a random first click needs a random generator (rng)")
+        self.first, self.rng = first, rng
         if gt.dtype != bool or gt.ndim != 2:
             raise ValueError(f"gt must be an (H, W) bool mask, got {gt.shape} {gt.dtype}")
         self.gt = gt
@@ -64,7 +82,13 @@ class Clicker:
         self.not_clicked = np.ones(gt.shape, np.float32)
 
     def next_click(self, pred: np.ndarray) -> Click | None:
-        """The next click for ``pred`` ``(H, W) bool``; None when there is no error left."""
+        """The next click for ``pred`` ``(H, W) bool``; None when there is no error left.
+
+        With ``first="random"`` the first click (empty ``pred``) is drawn uniformly among
+        the object's pixels at least :data:`RANDOM_MARGIN` px from its boundary (the
+        deepest pixel when none is that deep); every later click follows the protocol."""
+        if self.first == "random" and not pred.any() and self.not_clicked.all():
+            return self._random_first()
         fn = self.gt & ~pred & self.valid
         fp = ~self.gt & pred & self.valid
         fn_depth = _depth(fn) * self.not_clicked
@@ -76,6 +100,13 @@ class Clicker:
         y, x = np.unravel_index(int(np.argmax(fn_depth if positive else fp_depth)), self.gt.shape)
         self.not_clicked[y, x] = 0
         return Click(int(x), int(y), bool(positive))
+
+    def _random_first(self) -> Click:
+        depth = _depth(self.gt & self.valid)
+        ys, xs = np.nonzero(depth >= min(RANDOM_MARGIN, float(depth.max())))
+        i = int(self.rng.integers(len(ys)))
+        self.not_clicked[ys[i], xs[i]] = 0
+        return Click(int(xs[i]), int(ys[i]), True)
 
 
 @dataclass
@@ -104,6 +135,7 @@ def simulate(
     stop_iou: float = max(THRESHOLDS),
     min_clicks: int = max(MIOU_AT),
     keep_masks: bool = False,
+    clicker: Clicker | None = None,
 ) -> ClickRun:
     """Run the click protocol on one image.
 
@@ -115,8 +147,9 @@ def simulate(
             cannot change NoC at thresholds <= ``stop_iou`` nor mIoU@k for k <=
             ``min_clicks``).  The run also stops when no error pixel is left.
         keep_masks: keep the mask after every click (for overlays).
+        clicker: the click chooser (default: the protocol's, first click at the centre).
     """
-    clicker = Clicker(gt, ignore)
+    clicker = clicker or Clicker(gt, ignore)
     run = ClickRun()
     t0 = time.perf_counter()
     session: ClickSession = start()
@@ -156,17 +189,25 @@ def iou_at(ious: list[float], k: int) -> float:
     return ious[min(k, len(ious)) - 1]
 
 
-def summarize_runs(curves: list[list[float]], max_clicks: int = MAX_CLICKS) -> dict[str, float]:
+def drops(ious: list[float], fall: float = DROP) -> int:
+    """Clicks after which the IoU is more than ``fall`` below the previous click's."""
+    return int(sum(b < a - fall for a, b in pairwise(ious)))
+
+
+def summarize_runs(curves: list[list[float]], max_clicks: int = MAX_CLICKS) -> dict[str, Any]:
     """Click figures over images from their IoU curves (IoUs in [0, 1]).
 
     Returns ``miou@k`` (percent), ``ratio@75`` / ``ratio@85`` (share of images with IoU >=
-    0.75 / 0.85 after click 1, percent), ``noc@85``, ``noc@90`` (mean clicks) and
-    ``nof@85``, ``nof@90`` (number of images never reaching the IoU in ``max_clicks``).
+    0.75 / 0.85 after click 1, percent), ``noc@85``, ``noc@90`` (mean clicks),
+    ``nof@85``, ``nof@90`` (number of images never reaching the IoU in ``max_clicks``),
+    ``drops`` (clicks, over all images, after which the IoU fell more than 10 points) and
+    ``miou_curve`` (mIoU after clicks 1 .. ``max_clicks``, percent; a run that stopped
+    keeps its last IoU).
     """
     if not curves:
         raise ValueError("no runs to summarize")
     first = np.array([iou_at(c, 1) for c in curves])
-    out: dict[str, float] = {"images": len(curves)}
+    out: dict[str, Any] = {"images": len(curves)}
     for k in MIOU_AT:
         out[f"miou@{k}"] = 100 * float(np.mean([iou_at(c, k) for c in curves]))
     for level in (75, 85):
@@ -176,4 +217,8 @@ def summarize_runs(curves: list[list[float]], max_clicks: int = MAX_CLICKS) -> d
         counts = [noc(c, thr, max_clicks) for c in curves]
         out[f"noc@{level}"] = float(np.mean(counts))
         out[f"nof@{level}"] = int(sum(max(c[:max_clicks], default=0) < thr for c in curves))
+    out["drops"] = sum(drops(c) for c in curves)
+    out["miou_curve"] = [
+        100 * float(np.mean([iou_at(c, k) for c in curves])) for k in range(1, max_clicks + 1)
+    ]
     return out

@@ -15,6 +15,7 @@ Two layouts are recognised: ``img/`` + ``gt/`` (DAVIS-345) and ``data_GT/`` +
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,6 +139,16 @@ def load_dataset(folder: str | Path) -> list[Sample]:
             "%s: %d mask(s) without an image ignored: %s", folder, len(extra), ", ".join(extra[:5])
         )
     return [Sample(stem, images[stem], masks[stem]) for stem in sorted(images)]
+
+
+#: ``<class><NN>_<photo id>`` (COCO_MVal's file stems): the class is the label of a project.
+_INSTANCE = re.compile(r"^(?P<label>\D.*?)\d{2}_(?P<photo>\d+)$")
+
+
+def instance_class(name: str) -> tuple[str, str] | None:
+    """``(class, photo id)`` of a sample named ``<class><NN>_<photo id>``, else None."""
+    match = _INSTANCE.match(name)
+    return (match["label"], match["photo"]) if match else None
 
 
 def dataset_name(folder: str | Path) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from ..overlay import draw_overlay
 from .stats import BANDS
@@ -31,8 +31,12 @@ CLICK_COLUMNS = (
     "noc@90",
     "nof@90",
     "miou@5",
+    "drops",
+    "losses",
     "sec_per_click1",
 )
+#: Line colours of the per-click mIoU plot, one per method in run order (RGB).
+CURVE_COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189))
 
 LEGEND = (
     "Overlays: output filled in blue, ground-truth contour green, input (coarse) contour "
@@ -249,6 +253,37 @@ def write_report(out: Path, title: str, sections: Sequence[tuple[str, str]]) -> 
     path = out / "report.md"
     path.write_text("\n".join(parts))
     log.info("wrote %s", path)
+    return path
+
+
+def plot_curves(path: Path, curves: dict[str, Sequence[float]], title: str) -> Path:
+    """Draw mIoU (%) after clicks 1..k, one line per method, as a PNG at ``path``."""
+    width, height, left, bottom, top, right = 640, 400, 50, 40, 30, 150
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    k = max((len(c) for c in curves.values()), default=1)
+    lo = min((min(c) for c in curves.values() if len(c)), default=0.0)
+    lo = max(0.0, np.floor(lo / 10) * 10)
+
+    def xy(click: int, value: float) -> tuple[float, float]:
+        x = left + (click - 1) / max(k - 1, 1) * (width - left - right)
+        y = top + (100 - value) / (100 - lo) * (height - top - bottom)
+        return x, y
+
+    draw.rectangle([xy(1, 100), xy(k, lo)], outline="black")
+    for value in np.arange(lo, 100.1, 10):
+        x, y = xy(1, value)
+        draw.text((x - 30, y - 6), f"{value:.0f}", fill="black")
+    for click in range(1, k + 1, max(1, k // 10)):
+        x, y = xy(click, lo)
+        draw.text((x - 3, y + 4), str(click), fill="black")
+    draw.text((left, 8), title, fill="black")
+    for i, (method, curve) in enumerate(curves.items()):
+        colour = CURVE_COLOURS[i % len(CURVE_COLOURS)]
+        draw.line([xy(c, v) for c, v in enumerate(curve, start=1)], fill=colour, width=2)
+        draw.text((width - right + 10, top + 16 * i), method, fill=colour)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
     return path
 
 
