@@ -44,10 +44,12 @@ def data_dir(name: str) -> Path:
 
 @pytest.fixture(scope="session")
 def engine():
-    """The embedded MobileSAM engine on the CPU, shared by all tests."""
+    """The embedded MobileSAM engine on the CPU with PyTorch's encoder (the reference the
+    known answers were measured with; tests/test_runtimes.py covers the faster runtimes),
+    shared by all tests."""
     from promptmoe_plugin.sam import SamEngine
 
-    return SamEngine.create(device="cpu", cache_mb=256)
+    return SamEngine.create(device="cpu", cache_mb=256, runtime="torch")
 
 
 @pytest.fixture(scope="session")

@@ -48,9 +48,18 @@ def astronaut():
     return skimage.data.astronaut()
 
 
-def test_mobilesam_build_matches_known_figures(engine, astronaut):
+@pytest.fixture(scope="module")
+def torch_engine(engine):
+    """The session's model with the fp32 PyTorch encoder, for bit-exact known answers (the
+    default runtime on a CPU may run the encoder at bf16, see tests/test_runtimes.py)."""
+    return SamEngine(engine.sam, cache_mb=64, runtime="torch")
+
+
+def test_mobilesam_build_matches_known_figures(torch_engine, astronaut):
     # Known figures of the official MobileSAM on this photo and click; a build whose
     # TinyViT attention-bias cache was filled before the weights gives [447, 18507, 102096].
+    engine = torch_engine
+    assert engine.runtime_info.name == "torch"
     emb = engine.embed(astronaut)
     out = engine.decode(emb, [Prompt(points=[[256, 179]], labels=[1])])
     areas = out.masks[0].sum(axis=(1, 2))

@@ -1,17 +1,22 @@
-"""The engine benchmark: encoder, decoder (batched vs one by one), cache, memory."""
+"""The engine benchmark: encoder, decoder (batched vs one by one), cache, memory; and the
+comparison of image-encoder runtimes (speed and mask agreement with fp32 PyTorch)."""
 
 from __future__ import annotations
 
 import resource
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..images import resize_longest
-from ..sam import Prompt, SamEngine
+from ..masks import mask_iou
+from ..sam import LoadedSam, Prompt, SamEngine
+from .clicker import Clicker
+from .datasets import sample_datasets
 
 
 def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
@@ -80,6 +85,7 @@ def bench_engine(
     return {
         "model": engine.model_id,
         "device": str(engine.device),
+        "runtime": engine.runtime_info.as_dict(),
         "repeats": repeats,
         "batch": batch,
         "decode_chunk": default_chunk,
@@ -102,6 +108,7 @@ def format_engine_report(r: dict[str, Any]) -> str:
     """A readable table of :func:`bench_engine` figures."""
     rows = [
         ("model / device", f"{r['model']} / {r['device']}"),
+        ("image encoder runtime", _runtime_text(r["runtime"])),
         ("image encoder (cache miss)", f"{r['encode_s'] * 1000:.0f} ms"),
         (
             "embed, cache hit",
@@ -130,3 +137,84 @@ def format_engine_report(r: dict[str, Any]) -> str:
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _runtime_text(info: dict[str, Any]) -> str:
+    text = f"{info['name']} {info['version']} {info['precision']}"
+    if info.get("fallback"):
+        text += f" (fallback: {info['fallback']})"
+    return text
+
+
+def bench_runtimes(
+    sam: LoadedSam,
+    runtimes: Sequence[str],
+    folders: Sequence[str | Path],
+    images: int = 10,
+    runtime_cache: str | Path | None = None,
+) -> dict[str, Any]:
+    """Compare image-encoder runtimes on the first ``images`` images of each folder.
+
+    Per image, each runtime (in a rotating order, so load on a shared machine falls on all
+    alike) encodes the image and decodes the click-1 prompt (the object's deepest pixel,
+    best of 3 masks by predicted IoU); its mask is compared with fp32 PyTorch's (IoU, image
+    frame).  Reports per runtime: what actually ran, the median encode and one-click
+    decode times, the ratio of torch's median encode time to its, and the mean and least
+    mask IoU with torch.  torch is always measured (it is the reference).
+    """
+    names = list(dict.fromkeys(["torch", *runtimes]))
+    engines = {r: SamEngine(sam, cache_mb=0, runtime=r, runtime_cache=runtime_cache) for r in names}
+    samples = [s for _, group in sample_datasets(folders, images) for s in group]
+    encode: dict[str, list[float]] = {r: [] for r in names}
+    decode: dict[str, list[float]] = {r: [] for r in names}
+    ious: dict[str, list[float]] = {r: [] for r in names}
+    for i, sample in enumerate(samples):
+        image, gt, ignore = sample.load()
+        click = Clicker(gt, ignore).next_click(np.zeros_like(gt))
+        prompt = [Prompt(points=[[click.x, click.y]], labels=[1])]
+        masks = {}
+        for r in names[i % len(names) :] + names[: i % len(names)]:
+            emb = engines[r].embed(image)
+            start = time.perf_counter()
+            out = engines[r].decode(emb, prompt)
+            decode[r].append(time.perf_counter() - start)
+            encode[r].append(emb.encode_seconds)
+            masks[r] = out.masks[0, out.best()[0]]
+        for r in names:
+            ious[r].append(mask_iou(masks[r], masks["torch"], empty=1.0))
+    torch_encode = statistics.median(encode["torch"])
+    rows = {}
+    for r in names:
+        median = statistics.median(encode[r])
+        rows[r] = {
+            "runtime": engines[r].runtime_info.as_dict(),
+            "encode_s": median,
+            "speedup": torch_encode / median,
+            "decode_s": statistics.median(decode[r]),
+            "mask_iou_mean": float(np.mean(ious[r])),
+            "mask_iou_min": float(np.min(ious[r])),
+        }
+    return {
+        "model": sam.model_id,
+        "datasets": [str(f) for f in folders],
+        "images": len(samples),
+        "runtimes": rows,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def format_runtime_report(r: dict[str, Any]) -> str:
+    """A table of :func:`bench_runtimes` figures, one row per runtime."""
+    head = (
+        f"{'runtime':<16} {'ran as':<34} {'encode':>9} {'vs torch':>9} {'decode':>9} "
+        f"{'mask IoU':>9} {'min IoU':>8}"
+    )
+    lines = [f"{r['model']}, {r['images']} images (click-1 masks vs fp32 torch)", head]
+    for name, row in r["runtimes"].items():
+        lines.append(
+            f"{name:<16} {_runtime_text(row['runtime']):<34} {row['encode_s'] * 1000:>6.0f} ms "
+            f"{row['speedup']:>8.2f}x {row['decode_s'] * 1000:>6.0f} ms "
+            f"{row['mask_iou_mean']:>9.4f} {row['mask_iou_min']:>8.4f}"
+        )
+    lines.append(f"peak RSS {r['peak_rss_mb']:.0f} MB")
+    return "\n".join(lines)

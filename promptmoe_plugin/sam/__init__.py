@@ -5,6 +5,7 @@ from .cache import LRUCache, image_key
 from .embedding import ImageEmbedding
 from .engine import Decoded, Prompt, PromptError, SamEngine, stability_score
 from .frames import IMAGE_SIZE, LOW_RES
+from .runtimes import RUNTIMES, RuntimeInfo, load_encoder
 
 __all__ = [
     "CheckpointError",
@@ -16,10 +17,13 @@ __all__ = [
     "LoadedSam",
     "Prompt",
     "PromptError",
+    "RUNTIMES",
+    "RuntimeInfo",
     "SamEngine",
     "default_checkpoint",
     "detect_model_type",
     "image_key",
+    "load_encoder",
     "load_sam",
     "stability_score",
 ]

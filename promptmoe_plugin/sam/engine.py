@@ -25,6 +25,7 @@ from .build import LoadedSam, load_sam
 from .cache import CacheStats, LRUCache, image_key
 from .embedding import ImageEmbedding
 from .frames import IMAGE_SIZE, LOW_RES, working_shape
+from .runtimes import EncoderRuntime, RuntimeInfo, load_encoder
 
 log = logging.getLogger(__name__)
 
@@ -149,16 +150,33 @@ class SamEngine:
         cache_mb: bound of the in-memory embedding cache (one embedding is ~4.6 MB).
         disk_cache: optional folder where embeddings are also stored, so a restarted
             process or a benchmark re-run does not encode again.
+        runtime: what runs the image encoder (see :mod:`.runtimes`): ``"auto"`` (the
+            fastest runtime whose masks agree with fp32 PyTorch; PyTorch on CUDA),
+            ``"torch"`` (fp32 eager, bit-exact with the official model), ``"openvino"``,
+            ``"onnxruntime"``, or a name with a precision (``"openvino-f32"``).
+        runtime_cache: folder of the exported encoder graphs (default
+            ``~/.cache/promptmoe/runtimes``).
     """
 
-    def __init__(self, sam: LoadedSam, cache_mb: float = 512, disk_cache: str | Path | None = None):
+    def __init__(
+        self,
+        sam: LoadedSam,
+        cache_mb: float = 512,
+        disk_cache: str | Path | None = None,
+        runtime: str = "auto",
+        runtime_cache: str | Path | None = None,
+    ):
         self.sam = sam
         self.model = sam.model
         self.device = next(self.model.parameters()).device
+        self.encoder: EncoderRuntime = load_encoder(sam, runtime, runtime_cache)
         self.decode_chunk = DECODE_CHUNK.get(self.device.type, 1)
         self.transform = ResizeLongestSide(IMAGE_SIZE)
         self.cache: LRUCache[ImageEmbedding] = LRUCache(cache_mb)
-        self.disk_cache = Path(disk_cache) / sam.model_id if disk_cache else None
+        # Embeddings of another runtime or precision differ slightly: each has its folder.
+        info = self.encoder.info
+        folder = sam.model_id if info.name == "torch" else f"{sam.model_id}-{info.tag}"
+        self.disk_cache = Path(disk_cache) / folder if disk_cache else None
         self._encode_lock = threading.Lock()
         self._stats_lock = threading.Lock()
         self._stats = EngineStats()
@@ -172,13 +190,27 @@ class SamEngine:
         device: str = "auto",
         cache_mb: float = 512,
         disk_cache: str | Path | None = None,
+        runtime: str = "auto",
+        runtime_cache: str | Path | None = None,
     ) -> SamEngine:
-        """Load SAM (default: embedded MobileSAM) and wrap it in an engine."""
-        return cls(load_sam(checkpoint, device), cache_mb=cache_mb, disk_cache=disk_cache)
+        """Load SAM (default: embedded MobileSAM) and wrap it in an engine (see the class
+        doc for ``runtime`` and ``runtime_cache``)."""
+        return cls(
+            load_sam(checkpoint, device),
+            cache_mb=cache_mb,
+            disk_cache=disk_cache,
+            runtime=runtime,
+            runtime_cache=runtime_cache,
+        )
 
     @property
     def model_id(self) -> str:
         return self.sam.model_id
+
+    @property
+    def runtime_info(self) -> RuntimeInfo:
+        """What runs the image encoder: runtime name, version, precision, fallback reason."""
+        return self.encoder.info
 
     def image_cache(self, name: str, capacity_mb: float) -> LRUCache:
         """The engine's LRU cache ``name`` for results derived from its images (e.g. the
@@ -233,7 +265,7 @@ class SamEngine:
         start = time.perf_counter()
         resized = self._working_image(image)
         x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1)[None].float()
-        features = self.model.image_encoder(self.model.preprocess(x))
+        features = self.encoder.encode(self.model.preprocess(x))
         seconds = time.perf_counter() - start
         with self._stats_lock:
             self._stats.encodes += 1

@@ -1,0 +1,460 @@
+"""Runtimes of SAM's image encoder: PyTorch eager, or an ONNX export of the loaded model run
+by OpenVINO or ONNX Runtime on the CPU.
+
+An exported graph is built from the loaded checkpoint at first use and cached on disk under
+``<cache>/<model id>/<runtime>-<version>-<precision>-torch<version>-opset<N>/``, never
+downloaded.  Each cached graph has a manifest with its SHA-256, checked on every load, so a
+corrupt file is rebuilt; a process lock plus a file lock, and an atomic rename, make
+concurrent first uses build it once.  A runtime that cannot be imported, exported or
+loaded falls back to PyTorch with one warning line.
+
+Every runtime takes the preprocessed ``(1, 3, 1024, 1024)`` float32 image and returns the
+``(1, 256, 64, 64)`` float32 features tensor the mask decoder takes, so the decoder path is
+the same for all of them.
+
+``"auto"`` takes the first of :data:`AUTO_ORDER` that loads on this machine and whose masks
+agree with fp32 PyTorch (mean IoU >= :data:`MIN_AGREEMENT` of the click masks of a
+self-check photo, measured once when the graph is built); on CUDA it keeps PyTorch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .build import LoadedSam
+from .frames import IMAGE_SIZE
+
+log = logging.getLogger(__name__)
+
+#: Values of ``runtime``: a name, optionally ``-f32`` / ``-bf16`` for the precision.
+RUNTIMES = ("auto", "torch", "openvino", "onnxruntime")
+#: What ``"auto"`` tries on a CPU, fastest first (``promptmoe bench engine``, 2 cores:
+#: OpenVINO bf16 5.8x, OpenVINO f32 3.4x, ONNX Runtime 1.8x the speed of PyTorch eager).
+AUTO_ORDER = ("openvino-bf16", "openvino-f32", "onnxruntime-f32")
+#: Least mean IoU of click masks with fp32 PyTorch for ``"auto"`` to take a runtime.
+MIN_AGREEMENT = 0.98
+OPSET = 17
+GRAPH = "encoder.onnx"
+MANIFEST = "manifest.json"
+#: Clicks of the build-time self-check on the astronaut photo: a grid over the image.
+CHECK_GRID = 4
+
+
+def default_cache_dir() -> Path:
+    """``~/.cache/promptmoe/runtimes``."""
+    return Path.home() / ".cache" / "promptmoe" / "runtimes"
+
+
+class RuntimeUnavailable(RuntimeError):
+    """A runtime that cannot be used here (not installed, failed export or load)."""
+
+
+@dataclass(frozen=True)
+class RuntimeInfo:
+    """What runs the image encoder.
+
+    Attributes:
+        name: ``"torch"``, ``"openvino"`` or ``"onnxruntime"``.
+        version: the runtime package's version.
+        precision: ``"f32"`` or ``"bf16"`` (the inference precision of the encoder).
+        requested: the ``runtime`` the engine was created with.
+        agreement: mean click-mask IoU with fp32 PyTorch on the self-check photo, measured
+            when the graph was built (None for torch).
+        fallback: why the requested runtime is not the one running, or None.
+        graph: the cached graph file, or None for torch.
+    """
+
+    name: str
+    version: str
+    precision: str
+    requested: str
+    agreement: float | None = None
+    fallback: str | None = None
+    graph: str | None = None
+
+    @property
+    def tag(self) -> str:
+        """``name-version-precision``, e.g. ``openvino-2026.4.1-bf16``."""
+        return f"{self.name}-{self.version}-{self.precision}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class EncoderRuntime:
+    """Runs the image encoder: ``encode(x)`` maps ``(1, 3, 1024, 1024)`` preprocessed float32
+    on the engine's device to the ``(1, 256, 64, 64)`` float32 features on that device."""
+
+    info: RuntimeInfo
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class TorchEncoder(EncoderRuntime):
+    """The model's own image encoder, fp32 eager (the reference)."""
+
+    def __init__(self, sam: LoadedSam, requested: str = "torch", fallback: str | None = None):
+        self.module = sam.model.image_encoder
+        self.info = RuntimeInfo("torch", torch.__version__, "f32", requested, fallback=fallback)
+
+    @torch.inference_mode()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+
+def parse_runtime(runtime: str) -> tuple[str, str | None]:
+    """``"openvino-bf16"`` -> ``("openvino", "bf16")``; ``"onnxruntime"`` -> ``(.., None)``.
+
+    Raises:
+        ValueError: an unknown runtime or precision.
+    """
+    name, _, precision = runtime.partition("-")
+    if name not in RUNTIMES or (name in ("auto", "torch") and precision):
+        raise ValueError(
+            f"unknown runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}, "
+            "optionally openvino-f32, openvino-bf16, onnxruntime-f32"
+        )
+    if precision and precision not in ("f32", "bf16"):
+        raise ValueError(f"unknown precision {precision!r} in runtime {runtime!r}: f32 or bf16")
+    if name == "onnxruntime" and precision == "bf16":
+        raise ValueError("onnxruntime runs the encoder at f32 only (its CPU provider has no bf16)")
+    return name, precision or None
+
+
+def runtime_version(name: str) -> str:
+    """Version of runtime ``name``'s package.
+
+    Raises:
+        RuntimeUnavailable: the package cannot be imported.
+    """
+    try:
+        if name == "openvino":
+            import openvino
+
+            return openvino.__version__.split("-")[0]
+        if name == "onnxruntime":
+            import onnxruntime
+
+            return onnxruntime.__version__
+    except ImportError as exc:
+        raise RuntimeUnavailable(f"{name} is not installed ({exc})") from exc
+    if name == "torch":
+        return torch.__version__
+    raise RuntimeUnavailable(f"unknown runtime {name!r}")
+
+
+def best_precision(name: str) -> str:
+    """bf16 for OpenVINO on a CPU with native bf16 (AVX-512 BF16 / AMX), else f32."""
+    if name != "openvino":
+        return "f32"
+    import openvino
+
+    caps = openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return "bf16" if "BF16" in caps else "f32"
+
+
+# ---------------------------------------------------------------------- graph cache
+_LOCKS: dict[Path, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def _build_lock(folder: Path) -> Iterator[None]:
+    """Held by one thread of one process at a time for ``folder``'s graph."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.setdefault(folder, threading.Lock())
+    with lock:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with open(folder.with_name(folder.name + ".lock"), "a+b") as handle:
+            try:
+                import fcntl
+            except ImportError:  # not POSIX: the process lock only
+                yield
+                return
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def graph_folder(cache_dir: Path, sam: LoadedSam, name: str, version: str, precision: str) -> Path:
+    """Cache folder of one exported graph: model, runtime + version, precision, exporter."""
+    key = f"{name}-{version}-{precision}-torch{torch.__version__}-opset{OPSET}"
+    return cache_dir / sam.model_id / key.replace("+", "_")
+
+
+def _read_manifest(folder: Path) -> dict[str, Any] | None:
+    """The manifest of a valid cached graph, or None when absent or corrupt."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        graph = folder / GRAPH
+        if graph.stat().st_size != manifest["size"] or _sha256(graph) != manifest["sha256"]:
+            raise ValueError("graph does not match its manifest")
+        return manifest
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("rebuilding the corrupt cached encoder graph in %s (%s)", folder, exc)
+        return None
+
+
+def export_onnx(sam: LoadedSam, path: Path) -> None:
+    """Export ``sam``'s image encoder (on the CPU, fp32) to ONNX at ``path``."""
+    encoder = sam.model.image_encoder
+    device = next(encoder.parameters()).device
+    if device.type != "cpu":
+        raise RuntimeUnavailable(f"exported runtimes run on the CPU, this model is on {device}")
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer and constant-folding warnings only
+        torch.onnx.export(
+            encoder,
+            (torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE),),
+            str(path),
+            opset_version=OPSET,
+            dynamo=False,
+            input_names=["image"],
+            output_names=["features"],
+        )
+    # The exporter toggles train/eval; TinyViT refills its attention-bias cache on eval(),
+    # from the loaded weights, so the model is left as it was.
+    encoder.eval()
+
+
+def _self_check_image() -> np.ndarray:
+    import skimage.data
+
+    return skimage.data.astronaut()
+
+
+@torch.inference_mode()
+def mask_agreement(
+    sam: LoadedSam, encode: Callable[[torch.Tensor], torch.Tensor], image: np.ndarray
+) -> float:
+    """Mean IoU of the best low-res click masks of ``encode``'s features against fp32
+    PyTorch's, over a :data:`CHECK_GRID` x :data:`CHECK_GRID` grid of single clicks."""
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    model = sam.model
+    transform = ResizeLongestSide(IMAGE_SIZE)
+    resized = transform.apply_image(image)
+    x = model.preprocess(torch.as_tensor(resized).permute(2, 0, 1)[None].float())
+    h, w = image.shape[:2]
+    steps = (np.arange(CHECK_GRID) + 0.5) / CHECK_GRID
+    points = np.array([[sx * w, sy * h] for sy in steps for sx in steps])
+    coords = torch.as_tensor(transform.apply_coords(points, (h, w)), dtype=torch.float32)
+    sparse, dense = model.prompt_encoder(
+        points=(coords[:, None], torch.ones(len(points), 1, dtype=torch.int64)),
+        boxes=None,
+        masks=None,
+    )
+
+    def masks(features: torch.Tensor) -> np.ndarray:
+        low, iou = model.mask_decoder(
+            image_embeddings=features,
+            image_pe=model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=True,
+        )
+        best = iou.argmax(dim=1)
+        return (low[torch.arange(len(best)), best] > 0).numpy()
+
+    ref, got = masks(model.image_encoder(x)), masks(encode(x))
+    inter = (ref & got).sum(axis=(1, 2))
+    union = (ref | got).sum(axis=(1, 2))
+    return float(np.mean(np.where(union > 0, inter / np.maximum(union, 1), 1.0)))
+
+
+class _ExportedEncoder(EncoderRuntime):
+    """An exported graph run by OpenVINO or ONNX Runtime on the CPU."""
+
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], info: RuntimeInfo):
+        self._run = run
+        self._lock = threading.Lock()  # one inference at a time per compiled graph
+        self.info = info
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        with self._lock:
+            out = self._run(array)
+        return torch.from_numpy(np.array(out, dtype=np.float32, copy=True)).to(x.device)
+
+
+def load_session(
+    name: str, graph: Path, precision: str, threads: int
+) -> Callable[[np.ndarray], np.ndarray]:
+    """Compile ``graph`` with runtime ``name``; returns ``image -> features`` (numpy)."""
+    if name == "openvino":
+        import openvino
+
+        compiled = openvino.Core().compile_model(
+            str(graph),
+            "CPU",
+            {
+                "INFERENCE_PRECISION_HINT": precision,
+                "INFERENCE_NUM_THREADS": threads,
+                "PERFORMANCE_HINT": "LATENCY",
+            },
+        )
+        request = compiled.create_infer_request()
+        return lambda x: request.infer([x])[0]
+    if name == "onnxruntime":
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        session = onnxruntime.InferenceSession(
+            str(graph), options, providers=["CPUExecutionProvider"]
+        )
+        return lambda x: session.run(None, {"image": x})[0]
+    raise RuntimeUnavailable(f"unknown runtime {name!r}")
+
+
+def _build(sam: LoadedSam, folder: Path, name: str, precision: str, threads: int) -> None:
+    """Export the graph into a new folder and rename it to ``folder`` (lock held), so a
+    reader sees a whole graph or none; a graph over 2 GB keeps its external data beside it.
+    """
+    start = time.perf_counter()
+    tmp = folder.with_name(f"{folder.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        export_onnx(sam, tmp / GRAPH)
+        run = load_session(name, tmp / GRAPH, precision, threads)
+        agreement = mask_agreement(
+            sam, lambda x: torch.from_numpy(np.array(run(x.numpy()))), _self_check_image()
+        )
+        manifest = {
+            "size": (tmp / GRAPH).stat().st_size,
+            "sha256": _sha256(tmp / GRAPH),
+            "agreement": agreement,
+            "model_id": sam.model_id,
+            "checkpoint": str(sam.checkpoint),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info(
+        "built the %s %s encoder graph in %.1fs (mask agreement with torch %.4f): %s",
+        name,
+        precision,
+        time.perf_counter() - start,
+        agreement,
+        folder,
+    )
+
+
+def _load_exported(
+    sam: LoadedSam, name: str, precision: str | None, cache_dir: Path, requested: str
+) -> _ExportedEncoder:
+    version = runtime_version(name)
+    precision = precision or best_precision(name)
+    if precision == "bf16" and best_precision(name) != "bf16":
+        raise RuntimeUnavailable("this CPU has no native bf16")
+    folder = graph_folder(cache_dir, sam, name, version, precision)
+    threads = torch.get_num_threads()
+    with _build_lock(folder):
+        manifest = _read_manifest(folder)
+        if manifest is None:
+            _build(sam, folder, name, precision, threads)
+            manifest = _read_manifest(folder)
+            if manifest is None:
+                raise RuntimeUnavailable(f"the graph built in {folder} does not read back")
+    run = load_session(name, folder / GRAPH, precision, threads)
+    info = RuntimeInfo(
+        name,
+        version,
+        precision,
+        requested,
+        agreement=manifest["agreement"],
+        graph=str(folder / GRAPH),
+    )
+    return _ExportedEncoder(run, info)
+
+
+def load_encoder(
+    sam: LoadedSam, runtime: str = "auto", cache_dir: str | Path | None = None
+) -> EncoderRuntime:
+    """The image-encoder runtime for ``sam`` (see the module doc).
+
+    Args:
+        sam: the loaded model; exported graphs are built from it.
+        runtime: ``"auto"``, ``"torch"``, ``"openvino"``, ``"onnxruntime"``, or a name
+            with a precision (``"openvino-f32"``, ``"openvino-bf16"``).
+        cache_dir: folder of the exported graphs (default :func:`default_cache_dir`).
+
+    Raises:
+        ValueError: an unknown ``runtime``.  A runtime that fails never raises: it falls
+        back to torch with one warning line.
+    """
+    name, precision = parse_runtime(runtime)
+    if name == "torch":
+        return TorchEncoder(sam, runtime)
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    device = next(sam.model.parameters()).device
+    if name == "auto":
+        if device.type != "cpu":
+            return TorchEncoder(sam, runtime)
+        reasons = []
+        for candidate in AUTO_ORDER:
+            cname, cprec = parse_runtime(candidate)
+            try:
+                encoder = _load_exported(sam, cname, cprec, folder, runtime)
+            except Exception as exc:  # any failure of a runtime means: try the next one
+                reasons.append(f"{candidate}: {_short(exc)}")
+                continue
+            if encoder.info.agreement is not None and encoder.info.agreement < MIN_AGREEMENT:
+                reasons.append(f"{candidate}: mask IoU {encoder.info.agreement:.4f} with torch")
+                continue
+            if reasons:
+                log.info("image encoder runtime %s (skipped %s)", candidate, "; ".join(reasons))
+            return encoder
+        reason = "; ".join(reasons)
+        log.warning("image encoder runtime auto: no exported runtime usable, torch (%s)", reason)
+        return TorchEncoder(sam, runtime, fallback=reason)
+    try:
+        encoder = _load_exported(sam, name, precision, folder, runtime)
+    except Exception as exc:  # a failing runtime falls back, never breaks the engine
+        reason = f"{runtime}: {_short(exc)}"
+        log.warning("image encoder runtime %s failed, falling back to torch (%s)", runtime, reason)
+        return TorchEncoder(sam, runtime, fallback=reason)
+    if encoder.info.agreement is not None and encoder.info.agreement < MIN_AGREEMENT:
+        log.warning(
+            "image encoder runtime %s: masks agree with torch at IoU %.4f only",
+            encoder.info.tag,
+            encoder.info.agreement,
+        )
+    return encoder
+
+
+def _short(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return text if len(text) <= 200 else text[:197] + "..."
