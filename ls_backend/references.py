@@ -8,7 +8,11 @@ a crash mid-write loses nothing already committed and never leaves half a write.
   ``selector`` column keeps its name, so existing stores stay readable);
 * **drafts**: the latest brush draft the backend refined for (project, task, label);
 * **pairs**: (draft, final) masks of a task once it is annotated, to refit the router;
-* **routers**: refitted router weights; the newest is the current model version.
+* **annotations**: a digest of each stored annotation's content, written last, so a
+  webhook event delivered twice stores nothing new;
+* **routers**: refitted router versions, each a weights file recorded by its path relative
+  to ``MODEL_DIR`` (``routers/router-r<N>.pt``), only once the file is complete; the
+  newest readable one is the current model version.
 
 Masks are stored bit-packed and zlib-compressed with their height and width.
 """
@@ -48,6 +52,9 @@ CREATE TABLE IF NOT EXISTS pairs (
     task INTEGER NOT NULL, image_url TEXT NOT NULL,
     height INTEGER NOT NULL, width INTEGER NOT NULL, draft BLOB NOT NULL, final BLOB NOT NULL,
     created REAL NOT NULL, PRIMARY KEY (project, annotation, label));
+CREATE TABLE IF NOT EXISTS annotations (
+    project TEXT NOT NULL, annotation INTEGER NOT NULL, task INTEGER NOT NULL,
+    digest TEXT NOT NULL, created REAL NOT NULL, PRIMARY KEY (project, annotation));
 CREATE TABLE IF NOT EXISTS routers (
     version INTEGER PRIMARY KEY, path TEXT NOT NULL, pairs INTEGER NOT NULL,
     figures TEXT NOT NULL, created REAL NOT NULL);
@@ -169,9 +176,29 @@ class ReferenceStore:
         )
         n = db.execute(f"DELETE FROM refs WHERE {where}", args).rowcount
         db.execute(f"DELETE FROM ref_features WHERE {where}", args)
+        db.execute(f"DELETE FROM annotations WHERE {where}", args)
         if pairs:
             db.execute(f"DELETE FROM pairs WHERE {where}", args)
         return n
+
+    def annotation_digest(self, project: str, annotation: int) -> str | None:
+        """The content digest recorded by :meth:`mark_annotation` for ``annotation``, or None
+        (never stored, deleted, or replaced since)."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT digest FROM annotations WHERE project=? AND annotation=?",
+                (project, annotation),
+            ).fetchone()
+        return None if row is None else row[0]
+
+    def mark_annotation(self, project: str, annotation: int, task: int, digest: str) -> None:
+        """Record that ``annotation``'s content ``digest`` is fully stored (references,
+        pairs, features): the same event delivered again then changes nothing."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO annotations VALUES (?,?,?,?,?)",
+                (project, annotation, task, digest, time.time()),
+            )
 
     def references(self, project: str, label: str, limit: int) -> list[Reference]:
         """The newest ``limit`` references of ``label`` in ``project``, newest first."""
@@ -279,21 +306,51 @@ class ReferenceStore:
             for lab, url, h, w, d, f in rows
         ]
 
+    def pairs_fingerprint(self) -> tuple[int, float]:
+        """Changes whenever a pair is added, replaced or deleted (count, sum of times)."""
+        with self._tx() as db:
+            return tuple(db.execute("SELECT COUNT(*), TOTAL(created) FROM pairs").fetchone())
+
     # ------------------------------------------------------------------ router versions
-    def add_router(self, path: Path, pairs: int, figures: dict) -> int:
-        """Record refitted router weights at ``path``; returns the new version number."""
+    def next_router_version(self) -> int:
+        """The version number the next :meth:`add_router` records."""
         with self._tx() as db:
             (last,) = db.execute("SELECT COALESCE(MAX(version), 0) FROM routers").fetchone()
-            db.execute(
-                "INSERT INTO routers VALUES (?,?,?,?,?)",
-                (last + 1, str(path), pairs, json.dumps(figures, default=float), time.time()),
-            )
         return last + 1
 
-    def current_router(self) -> tuple[int, Path] | None:
-        """(version, weights path) of the newest refitted router, or None."""
+    def add_router(self, version: int, path: Path, pairs: int, figures: dict) -> int:
+        """Record router ``version`` whose complete weights file is at ``path`` (kept relative
+        to ``MODEL_DIR`` when it lies inside it); returns ``version``.  Raises
+        ``sqlite3.IntegrityError`` if that version exists already."""
+        path = Path(path)
+        try:
+            stored = path.resolve().relative_to(self.dir.resolve()).as_posix()
+        except ValueError:
+            stored = str(path)
         with self._tx() as db:
-            row = db.execute(
-                "SELECT version, path FROM routers ORDER BY version DESC LIMIT 1"
-            ).fetchone()
-        return None if row is None else (row[0], Path(row[1]))
+            db.execute(
+                "INSERT INTO routers VALUES (?,?,?,?,?)",
+                (version, stored, pairs, json.dumps(figures, default=float), time.time()),
+            )
+        return version
+
+    def routers(self) -> list[tuple[int, Path]]:
+        """Every recorded router version as (version, weights path), newest first.  Paths are
+        resolved against ``MODEL_DIR``; an absolute path of an older store that no longer
+        exists (``MODEL_DIR`` was moved) is looked up under ``<MODEL_DIR>/routers/``."""
+        with self._tx() as db:
+            rows = db.execute("SELECT version, path FROM routers ORDER BY version DESC").fetchall()
+        return [(version, self._router_path(path)) for version, path in rows]
+
+    def _router_path(self, stored: str) -> Path:
+        path = Path(stored)
+        if not path.is_absolute():
+            return self.dir / path
+        if path.exists():
+            return path
+        return self.dir / "routers" / path.name
+
+    def current_router(self) -> tuple[int, Path] | None:
+        """(version, weights path) of the newest recorded router, or None."""
+        versions = self.routers()
+        return versions[0] if versions else None

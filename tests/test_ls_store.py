@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sqlite3
 from dataclasses import fields
 from pathlib import Path
 
@@ -165,9 +166,36 @@ def test_drafts_pair_with_final_annotations(tmp_path):
     )
     assert store.pair_annotation("1", 10, 5, {"Cat": final[:10]}) == 0  # size mismatch -> no pair
     assert store.pairs() == []
-    path = tmp_path / "router-1.pt"
-    assert store.current_router() is None
-    assert store.add_router(path, 3, {"gain": 0.1}) == 1 and store.current_router() == (1, path)
+    assert store.pairs_fingerprint()[0] == 0
+
+
+def test_router_versions_are_kept_relative_to_the_model_dir(tmp_path):
+    store = ReferenceStore(tmp_path)
+    assert store.current_router() is None and store.next_router_version() == 1
+    path = tmp_path / "routers" / "router-r1.pt"
+    assert store.add_router(1, path, 3, {"gain": 0.1}) == 1 and store.current_router() == (1, path)
+    assert store.next_router_version() == 2
+    with pytest.raises(sqlite3.IntegrityError):  # a version is recorded once
+        store.add_router(1, path, 3, {})
+    store.add_router(2, tmp_path / "routers" / "router-r2.pt", 3, {})
+    with store._tx() as db:
+        assert db.execute("SELECT path FROM routers ORDER BY version").fetchall() == [
+            ("routers/router-r1.pt",),
+            ("routers/router-r2.pt",),
+        ]
+    assert [v for v, _ in store.routers()] == [2, 1]
+
+
+def test_annotation_digests_go_with_the_annotation(tmp_path):
+    store = ReferenceStore(tmp_path)
+    assert store.annotation_digest("1", 10) is None
+    store.mark_annotation("1", 10, 5, "abc")
+    assert store.annotation_digest("1", 10) == "abc" and store.annotation_digest("2", 10) is None
+    store.replace_annotation("1", 10, 5, "/a.png", [])  # a replace starts over
+    assert store.annotation_digest("1", 10) is None
+    store.mark_annotation("1", 10, 5, "abc")
+    store.delete_annotation(None, 10)
+    assert store.annotation_digest("1", 10) is None
 
 
 def _write_then_die(path: str) -> None:
