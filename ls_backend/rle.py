@@ -13,6 +13,12 @@ packed with ``@thi.ng/rle-pack``.  The bitstream, most significant bit first:
 
 The encoder writes what ``label_studio_sdk.converter.brush.mask2rle`` writes (field sizes
 3, 4, 8, 16; one chunk per run), without a Python loop over runs or bits.
+
+Decoding is bounded before anything is allocated: :func:`decode` takes the mask size
+from its caller (the image's when known), refuses sizes above ``max_pixels`` (at most
+:data:`MAX_PIXELS`) and a header whose word count is not ``height * width * 4``; it keeps
+only the alpha bytes (one byte per pixel, never the ``4 x`` canvas).
+:func:`decode_words` refuses a header above ``max_words``.
 """
 
 from __future__ import annotations
@@ -21,9 +27,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from promptmoe_plugin.images import MAX_PIXELS as _IMAGE_MAX_PIXELS
+
 #: Run-length field sizes (bits) the encoder announces in the header, as the SDK does.
 RUN_SIZES = (3, 4, 8, 16)
 _MAX_RUN = 1 << RUN_SIZES[-1]
+#: Hard ceiling of a decoded mask in pixels: no mask can be larger than the largest image
+#: the backend loads.  ``MAX_MASK_PIXELS`` (the server's limit) may only be lower.
+MAX_PIXELS = _IMAGE_MAX_PIXELS
 
 
 class RLEError(ValueError):
@@ -112,45 +123,102 @@ class _BitReader:
         return words @ (1 << np.arange(size - 1, -1, -1, dtype=np.int64))
 
 
-def decode_words(rle: Sequence[int] | bytes, expected: int | None = None) -> np.ndarray:
-    """Decode any rle-pack stream (any word size, run sizes, literal chunks) to ``(N,)`` words
-    (uint8 for word sizes up to 8 bits, else int64).
-
-    ``expected``, when given, is the required ``N``; it is checked before allocating.
-    """
+def _header(rle: Sequence[int] | bytes) -> tuple[_BitReader, int, int, list[int]]:
+    """A reader past the header, and the header's word count, word size and run sizes."""
     try:
         data = bytes(rle)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise RLEError(f"RLE must be a list of integers 0..255 ({exc})") from exc
     reader = _BitReader(data)
     num = reader.read(32)
-    if expected is not None and num != expected:
-        raise RLEError(f"RLE holds {num} values, expected {expected}")
     word_size = reader.read(5) + 1
     sizes = [reader.read(4) + 1 for _ in range(4)]
-    out = np.empty(num, np.uint8 if word_size <= 8 else np.int64)
+    return reader, num, word_size, sizes
+
+
+def _chunks(reader: _BitReader, num: int, word_size: int, sizes: list[int]):
+    """Yield ``(pos, count, word | None, words | None)`` per chunk: a repeated ``word`` or
+    ``count`` literal ``words`` ``(count,) int64`` starting at word ``pos``."""
     pos = 0
     while pos < num:
         repeat = reader.read(1)
         count = reader.read(sizes[reader.read(2)]) + 1
         if pos + count > num:
             raise RLEError(f"RLE chunk runs past the announced {num} values")
-        out[pos : pos + count] = (
-            reader.read(word_size) if repeat else reader.read_many(count, word_size)
-        )
+        if repeat:
+            yield pos, count, reader.read(word_size), None
+        else:
+            yield pos, count, None, reader.read_many(count, word_size)
         pos += count
+
+
+def decode_words(
+    rle: Sequence[int] | bytes, expected: int | None = None, max_words: int = 4 * MAX_PIXELS
+) -> np.ndarray:
+    """Decode any rle-pack stream (any word size, run sizes, literal chunks) to ``(N,)`` words
+    (uint8 for word sizes up to 8 bits, else int64).
+
+    ``expected``, when given, is the required ``N``; it and ``max_words`` are checked
+    before allocating.
+    """
+    reader, num, word_size, sizes = _header(rle)
+    if expected is not None and num != expected:
+        raise RLEError(f"RLE holds {num} values, expected {expected}")
+    if num > max_words:
+        raise RLEError(f"RLE announces {num} values, above the limit of {max_words}")
+    out = np.empty(num, np.uint8 if word_size <= 8 else np.int64)
+    for pos, count, word, words in _chunks(reader, num, word_size, sizes):
+        out[pos : pos + count] = word if words is None else words
     return out
 
 
-def decode(rle: Sequence[int] | bytes, height: int, width: int) -> np.ndarray:
+def _mask_size(height: object, width: object, max_pixels: int | None) -> tuple[int, int]:
+    """``(height, width)`` as ints when they are positive integers within the limit."""
+    ok = all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0
+        for v in (height, width)
+    )
+    if not ok:
+        raise RLEError(f"mask size must be positive integers, got {width!r}x{height!r}")
+    h, w = int(height), int(width)  # type: ignore[call-overload]
+    cap = MAX_PIXELS if max_pixels is None else min(max_pixels, MAX_PIXELS)
+    if h * w > cap:
+        raise RLEError(
+            f"a {w}x{h} mask is {h * w / 1e6:.1f} MP, above the limit of {cap / 1e6:g} MP "
+            "(MAX_MASK_PIXELS)"
+        )
+    return h, w
+
+
+def decode(
+    rle: Sequence[int] | bytes, height: int, width: int, max_pixels: int | None = None
+) -> np.ndarray:
     """Decode a brush RLE to a ``(height, width) bool`` mask (pixels with non-zero alpha).
 
+    ``height * width`` must be at most ``max_pixels`` (default and ceiling
+    :data:`MAX_PIXELS`) and the header's word count ``height * width * 4``; both are
+    checked before allocating.  Only the alpha bytes are kept (1 byte per pixel).
+
     Raises:
-        RLEError: a malformed stream, or one whose size is not ``height * width * 4``
-            (the message gives the image size it was checked against).
+        RLEError: a malformed stream, a size above the limit, or one whose word count is
+            not ``height * width * 4`` (the message gives the image size it was checked
+            against).
     """
     try:
-        words = decode_words(rle, expected=height * width * 4)
+        h, w = _mask_size(height, width, max_pixels)
+        reader, num, word_size, sizes = _header(rle)
+        if num != h * w * 4:
+            raise RLEError(f"RLE holds {num} values, expected {h * w * 4}")
+        alpha = np.zeros(h * w, bool)
+        for pos, count, word, words in _chunks(reader, num, word_size, sizes):
+            if words is None:  # words pos..pos+count-1 hold alphas pos//4 .. (pos+count)//4-1
+                if word:
+                    alpha[pos // 4 : (pos + count) // 4] = True
+            else:
+                first = (3 - pos) % 4  # index of the chunk's first alpha word
+                values = words[first::4]
+                start = (pos + first) // 4
+                alpha[start : start + values.size] = values != 0
     except RLEError as exc:
         raise RLEError(f"brush RLE for a {width}x{height} image: {exc}") from exc
-    return words.reshape(height, width, 4)[:, :, 3] > 0
+    return alpha.reshape(h, w)

@@ -85,3 +85,55 @@ def test_bad_streams_raise_clear_errors():
         rle.decode([1, 2, 300], 1, 1)
     with pytest.raises(ValueError, match="2-D"):
         rle.encode(np.zeros((2, 2, 2), bool))
+
+
+def _pack_words(words: np.ndarray, rng: np.random.Generator) -> list[int]:
+    """``words`` (uint8) as rle-pack chunks of random kinds and lengths, at any alignment:
+    literal chunks of up to 8 words and repeat chunks of equal words (run sizes 3 and 8)."""
+    fields = [(words.size, 32), (7, 5), (2, 4), (7, 4), (2, 4), (7, 4)]
+    pos = 0
+    while pos < words.size:
+        n = int(rng.integers(1, 9))
+        run = words[pos : pos + n]
+        if run.size > 1 and (run == run[0]).all() and rng.random() < 0.7:
+            fields += [(1, 1), (0, 2), (run.size - 1, 3), (int(run[0]), 8)]
+        else:
+            fields += [(0, 1), (0, 2), (run.size - 1, 3)] + [(int(v), 8) for v in run]
+        pos += run.size
+    return _pack(fields)
+
+
+def test_decode_keeps_alphas_of_chunks_at_any_alignment():
+    rng = np.random.default_rng(5)
+    for h, w in ((1, 1), (3, 5), (17, 9)):
+        alpha = rng.random((h, w)) < 0.5
+        canvas = np.repeat(np.where(alpha, 255, 0)[..., None], 4, axis=2).astype(np.uint8)
+        canvas[..., :3] = rng.integers(0, 3, (h, w, 3))  # colours unrelated to alpha
+        canvas[alpha, 3] = rng.integers(1, 256, int(alpha.sum()))
+        data = _pack_words(canvas.reshape(-1), rng)
+        assert np.array_equal(rle.decode_words(data), canvas.reshape(-1))
+        assert np.array_equal(rle.decode(data, h, w), alpha)
+
+
+def test_sizes_are_checked_before_allocating():
+    import tracemalloc
+
+    header = [*(16384 * 16384 * 4).to_bytes(4, "big"), *rle.encode(np.zeros((1, 1), bool))[4:]]
+    tracemalloc.start()
+    try:
+        with pytest.raises(rle.RLEError, match="16384x16384 mask is 268.4 MP, above the limit"):
+            rle.decode(header, 16384, 16384)
+        with pytest.raises(rle.RLEError, match="RLE holds 1073741824 values, expected 400"):
+            rle.decode(header, 10, 10)
+        with pytest.raises(rle.RLEError, match="above the limit of 1000"):
+            rle.decode_words(header, max_words=1000)
+        with pytest.raises(rle.RLEError, match="positive integers"):
+            rle.decode(header, True, 3)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20
+    mask = _blobs(30, 40, seed=2)
+    assert np.array_equal(rle.decode(rle.encode(mask), np.int64(30), 40, max_pixels=1200), mask)
+    with pytest.raises(rle.RLEError, match="above the limit of 0.001199 MP"):
+        rle.decode(rle.encode(mask), 30, 40, max_pixels=1199)
