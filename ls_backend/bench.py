@@ -60,8 +60,8 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def _keypoint(x: float, y: float, positive: bool, h: int, w: int) -> dict:
-    """A keypoint at image pixel ``(x, y)`` of an ``h`` x ``w`` image."""
+def keypoint_item(x: float, y: float, positive: bool, h: int, w: int) -> dict:
+    """A smart keypoint at image pixel ``(x, y)`` of an ``h`` x ``w`` image."""
     return {
         "type": "keypointlabels",
         "from_name": "kp",
@@ -73,8 +73,8 @@ def _keypoint(x: float, y: float, positive: bool, h: int, w: int) -> dict:
     }
 
 
-def _box(gt: np.ndarray) -> dict:
-    """The bounding rectangle of ``gt`` ``(H, W) bool``."""
+def box_item(gt: np.ndarray) -> dict:
+    """A smart rectangle: the bounding rectangle of ``gt`` ``(H, W) bool``."""
     h, w = gt.shape
     ys, xs = np.nonzero(gt)
     value = {
@@ -94,7 +94,8 @@ def _box(gt: np.ndarray) -> dict:
     }
 
 
-def _brush(mask: np.ndarray) -> dict:
+def brush_item(mask: np.ndarray) -> dict:
+    """A brush draft of ``mask`` ``(H, W) bool``, image frame."""
     return brush_result(mask, "Object", from_name="brush", to_name="image")
 
 
@@ -183,24 +184,24 @@ def bench_server(
             path = sample.image_path.resolve().relative_to(root)
             task = {"id": i + 1, "data": {"image": f"/data/local-files/?d={path}"}}
             if i >= latency_images:
-                call(task, [_box(gt)], http=i % 2 == 0)
+                call(task, [box_item(gt)], http=i % 2 == 0)
             else:
                 clicker = Clicker(gt, ignore)
                 first = clicker.next_click(np.zeros_like(gt))
-                items = [_keypoint(first.x, first.y, True, h, w)]
+                items = [keypoint_item(first.x, first.y, True, h, w)]
                 seconds, pred = call(task, items, http=i % 2 == 0)
                 times["first_click"]["http" if i % 2 == 0 else "inproc"].append(seconds)
                 for _ in range(later_clicks):
                     nxt = clicker.next_click(_mask(pred))
                     if nxt is None:
                         break
-                    items = items + [_keypoint(nxt.x, nxt.y, nxt.positive, h, w)]
+                    items = items + [keypoint_item(nxt.x, nxt.y, nxt.positive, h, w)]
                     turn += 1
                     seconds, pred = call(task, items, http=turn % 2 == 0)
                     times["later_click"]["http" if turn % 2 == 0 else "inproc"].append(seconds)
                 # The first refinement of a draft on this image (its embedding is cached), then
                 # the same draft again over both transports (identical work, warm caches).
-                items = [_brush(make_coarse(gt, image, "morph", seed=i))]
+                items = [brush_item(make_coarse(gt, image, "morph", seed=i))]
                 order = (i % 2 == 1, i % 2 == 0)
                 runs = (("draft", order[0]), ("draft_repeat", order[0]), ("draft_repeat", order[1]))
                 for kind, http in runs:

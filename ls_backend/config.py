@@ -16,6 +16,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_type_hints
 
+from .rle import MAX_PIXELS
+
 if TYPE_CHECKING:
     from promptmoe_plugin.sam import SamEngine
 
@@ -62,6 +64,15 @@ OPTIONS: tuple[Option, ...] = (
         "EMBEDDING_DIR",
         "--embedding-dir",
         "also keep embeddings on disk in this folder (default off)",
+    ),
+    Option(
+        "runtime",
+        "engine",
+        "SAM_RUNTIME",
+        "--runtime",
+        "image encoder runtime: auto (on a CPU the fastest whose masks agree with PyTorch's, "
+        "built once and cached), torch, openvino, openvino-f32, openvino-bf16, onnxruntime "
+        "(default auto; CUDA always uses torch)",
     ),
     Option(
         "label_studio_url",
@@ -166,11 +177,33 @@ OPTIONS: tuple[Option, ...] = (
         "seconds allowed for one image download (default 30)",
     ),
     Option(
+        "max_mask_pixels",
+        "backend",
+        "MAX_MASK_PIXELS",
+        "--max-mask-pixels",
+        "largest brush mask a request may declare or decode, in pixels (default 100000000; "
+        "at most 250000000)",
+    ),
+    Option(
+        "max_request_mb",
+        "backend",
+        "MAX_REQUEST_MB",
+        "--max-request-mb",
+        "largest request body in MB (default 64)",
+    ),
+    Option(
         "mask_data_key",
         "backend",
         "MASK_DATA_KEY",
         "--mask-data-key",
         "task data field holding a draft mask image URL for batch pre-annotation (default mask)",
+    ),
+    Option(
+        "train_epochs",
+        "backend",
+        "TRAIN_EPOCHS",
+        "--train-epochs",
+        "epochs of a START_TRAINING refit of the expert selector (default 100)",
     ),
 )
 
@@ -183,6 +216,7 @@ class EngineSettings:
     device: str = "auto"
     cache_mb: float = 512.0
     embedding_dir: Path | None = None
+    runtime: str = "auto"
 
     def __post_init__(self) -> None:
         if not self.cache_mb >= 0:
@@ -212,7 +246,10 @@ class Settings:
     allowed_hosts: tuple[str, ...] = ()
     max_image_mb: float = 64.0
     image_timeout: float = 30.0
+    max_mask_pixels: int = 100_000_000
+    max_request_mb: float = 64.0
     mask_data_key: str = "mask"
+    train_epochs: int = 100
     engine: EngineSettings = field(default_factory=EngineSettings)
 
     def __post_init__(self) -> None:
@@ -220,8 +257,16 @@ class Settings:
             object.__setattr__(self, "label_studio_url", self.label_studio_url.rstrip("/"))
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             raise ValueError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
+        if self.train_epochs < 1:
+            raise ValueError(f"TRAIN_EPOCHS must be >= 1, got {self.train_epochs}")
         if self.max_references < 0 or self.max_image_mb <= 0 or self.image_timeout <= 0:
             raise ValueError("MAX_REFERENCES must be >= 0, MAX_IMAGE_MB and IMAGE_TIMEOUT > 0")
+        if not 0 < self.max_mask_pixels <= MAX_PIXELS or not self.max_request_mb > 0:
+            raise ValueError(
+                f"MAX_MASK_PIXELS must be in 1..{MAX_PIXELS} (the largest image the backend "
+                f"loads) and MAX_REQUEST_MB > 0, got {self.max_mask_pixels} and "
+                f"{self.max_request_mb}"
+            )
 
 
 def _path(raw: str) -> Path:
@@ -284,4 +329,5 @@ def make_engine(engine: EngineSettings) -> SamEngine:
         device=engine.device,
         cache_mb=engine.cache_mb,
         disk_cache=engine.embedding_dir,
+        runtime=engine.runtime,
     )

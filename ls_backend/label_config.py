@@ -25,6 +25,9 @@ class LabelConfig:
             KeyPointLabels / RectangleLabels tags on the same image.
         polygon_from: ``name`` of a ``<PolygonLabels>`` tag on the same image, if any:
             every brush result is then also returned as polygons of that tag.
+        smart_problems: one message per smart tool (``smart="true"`` on the tag or on one
+            of its labels) with labels that are not brush labels: a click with such a
+            label cannot become a mask.  ``/setup`` refuses the config with them.
     """
 
     brush_from: str
@@ -33,6 +36,17 @@ class LabelConfig:
     labels: tuple[str, ...]
     smart_tools: tuple[tuple[str, str], ...] = ()
     polygon_from: str | None = None
+    smart_problems: tuple[str, ...] = ()
+
+    def check_smart_tools(self) -> None:
+        """Raise ``LabelConfigError`` naming every smart tool whose labels are not brush
+        labels (what ``/setup`` reports; Label Studio shows it on the Model settings page)."""
+        if self.smart_problems:
+            raise LabelConfigError(
+                "; ".join(self.smart_problems)
+                + f". Give the smart tools the same <Label> values as <BrushLabels "
+                f'name="{self.brush_from}">: {", ".join(self.labels)}'
+            )
 
 
 @lru_cache(maxsize=64)
@@ -68,6 +82,25 @@ def parse_label_config(config: str) -> LabelConfig:
         for c in interface.controls
         if c.tag.lower() in kinds and c.to_name[0] == image.name
     )
+
+    def is_smart(c) -> bool:
+        labels = (getattr(c, "labels_attrs", None) or {}).values()
+        return any(
+            str(a.get(k, "")).lower() == "true"
+            for a in (c.attr, *(getattr(v, "attr", None) for v in labels))
+            if isinstance(a, dict)
+            for k in ("smart", "smartOnly")
+        )
+
+    problems = tuple(
+        f'<{c.tag} name="{c.name}" smart> has labels '
+        + ", ".join(map(repr, bad))
+        + " that are not brush labels"
+        for c in interface.controls
+        if c.tag.lower() in kinds and c.to_name[0] == image.name and is_smart(c)
+        for bad in [[v for v in c.labels if v not in brush.labels]]
+        if bad
+    )
     polygons = [
         c.name
         for c in interface.controls
@@ -80,4 +113,5 @@ def parse_label_config(config: str) -> LabelConfig:
         image_key=image.value.lstrip("$"),
         labels=tuple(brush.labels),
         smart_tools=smart,
+        smart_problems=problems,
     )

@@ -11,10 +11,13 @@ Interactive calls (``context`` given) turn the smart tools into brush masks:
   reference exemplars of that label, later clicks refine that object; a positive click
   whose own object does not touch the current mask starts a second object of the label;
   labels are never merged (see :mod:`.tracks`);
-* a rectangle: SAM's box prompt (with the keypoints of its label that fall inside it);
+* a rectangle: the newest one only (the editor sends all rectangles of the label, the
+  older ones already answered): SAM's box prompt (with the keypoints of its label that
+  fall inside it); a rotated rectangle prompts with its bounding box;
 * a brush draft: PromptMoE refinement of the draft.
 
-Batch calls (``context`` None) refine every brush draft found in a task.  Parsing the
+Batch calls (``context`` None) refine every brush draft found in a task; a task without
+drafts gets no prediction, its image is embedded in the background.  Parsing the
 task JSON lives in :mod:`.tasks`, building the answer in :mod:`.results`, the webhooks'
 active learning in :mod:`.learning`.
 """
@@ -22,13 +25,14 @@ active learning in :mod:`.learning`.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 
 import numpy as np
+from scipy import ndimage
 
 from promptmoe_plugin.experts.depth import DepthEstimator
 from promptmoe_plugin.refine import VARIANTS, refine
-from promptmoe_plugin.router import load_router
 from promptmoe_plugin.sam import Prompt, SamEngine
 from promptmoe_plugin.smartsam import SmartSamSession
 from promptmoe_plugin.smartsam.intent import make_intent
@@ -38,13 +42,15 @@ from .config import Settings
 from .images import ImageFetcher, ImageFetchError
 from .label_config import LabelConfig, parse_label_config
 from .references import ReferenceStore
-from .results import Region, prediction
+from .results import Region, calibrated_score, prediction
 from .tasks import (
     MODEL_VERSION_PREFIX,
+    Box,
     Click,
     Draft,
     TaskError,
     context_regions,
+    has_drafts,
     mask_image_drafts,
     project_id,
     task_drafts,
@@ -53,6 +59,55 @@ from .tasks import (
 from .tracks import ClickTracks
 
 log = logging.getLogger(__name__)
+
+#: Images waiting for a background embedding at most (one Label Studio batch); beyond it
+#: a request is dropped (its first click then encodes).
+MAX_PENDING_EMBEDS = 100
+
+
+class BackgroundEmbedder:
+    """Fetches and embeds task images on one daemon thread, so a batch call returns at once
+    and the first click on the task finds the embedding in the engine's cache (and on disk
+    with ``EMBEDDING_DIR``).  An image already waiting is not queued again; one already in
+    the cache costs a content hash."""
+
+    def __init__(self, engine: SamEngine, fetcher: ImageFetcher):
+        self.engine = engine
+        self.fetcher = fetcher
+        self._queue: queue.Queue[str] = queue.Queue()
+        self._pending: set[str] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, url: str) -> bool:
+        """Queue ``url`` for embedding; False when it is already waiting or the queue is full."""
+        with self._lock:
+            if url in self._pending or len(self._pending) >= MAX_PENDING_EMBEDS:
+                return False
+            self._pending.add(url)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="promptmoe-embedder", daemon=True
+                )
+                self._thread.start()
+        self._queue.put(url)
+        return True
+
+    def wait(self) -> None:
+        """Block until every queued image is done (tests, benchmarks)."""
+        self._queue.join()
+
+    def _run(self) -> None:
+        while True:
+            url = self._queue.get()
+            try:
+                self.engine.embed(self.fetcher.image(url))
+            except Exception as exc:  # reported again, to the annotator, on the first click
+                log.warning("background embedding of %s failed: %s", url, exc)
+            finally:
+                with self._lock:
+                    self._pending.discard(url)
+                self._queue.task_done()
 
 
 class PromptMoEModel:
@@ -80,10 +135,14 @@ class PromptMoEModel:
         self.depth = DepthEstimator(settings.depth_model) if settings.depth_model else None
         self.references = learning.ReferenceFeatures(self.intent, self.store, self.fetcher)
         self.tracks = ClickTracks()
+        self.embedder = BackgroundEmbedder(self.engine, self.fetcher)
         self._router_lock = threading.Lock()
-        current = self.store.current_router()
-        self._router_version = current[0] if current else 0
-        self.router = load_router(current[1] if current else None)
+        # The newest router version whose file loads (an unreadable one is passed over).
+        version, self.router, self._router_path = learning.load_current_router(self.store)
+        self._router_version = version
+        #: Epochs of a START_TRAINING refit (a TRAIN_EPOCHS setting, when config.py has one).
+        self.train_epochs = settings.train_epochs
+        self.training = learning.TrainingQueue(self._train, self.store.pairs_fingerprint)
 
     # ------------------------------------------------------------------ protocol
     @property
@@ -105,26 +164,45 @@ class PromptMoEModel:
             depth=self.depth,
         )
         SmartSamSession(self.engine, image, intent=self.intent).click(48, 32)
+        # The reference features' shape is measured on an image of its own: do it now, not
+        # on the first click that has references (an extra SAM encode, ~2 s on a CPU).
+        self.references.shape()
         self.engine.cache.clear()
 
     def setup(self, project: str, schema: str, **kwargs) -> str:
-        """Validate the labeling config (raises ``LabelConfigError``); never loads models."""
-        parse_label_config(schema)
+        """Validate the labeling config (raises ``LabelConfigError``), including that every
+        smart tool's labels are brush labels; never loads models."""
+        parse_label_config(schema).check_smart_tools()
         return self.model_version
 
-    def predict(self, tasks: list[dict], context: dict | None = None, **kwargs) -> list[dict]:
-        """One prediction per task: ``{"result": [...], "score": float, "model_version": str}``.
+    def predict(
+        self, tasks: list[dict], context: dict | None = None, **kwargs
+    ) -> list[dict | list]:
+        """One answer per task: a prediction ``{"result": [...], "score": float,
+        "model_version": str}``, or ``[]`` (no prediction) in a batch call for a task that
+        has no draft to refine.
+
+        Label Studio sends a batch call (no context) when a task is opened in the editor and
+        for *Retrieve Predictions*; it stores each prediction answered, and then skips that
+        task in later batch runs of the same model version.  A task without drafts thus
+        gets ``[]`` (Label Studio reads it as "no predictions for this task" and stores
+        nothing) at once, while its image is fetched and embedded in the background so the
+        annotator's first click finds the embedding.
 
         Keyword args: ``project`` (Label Studio's project uid) and ``label_config``.
         A task that fails gets an empty result and an ``error`` message; the others proceed.
         """
         config = parse_label_config(kwargs["label_config"])
         project = project_id(kwargs.get("project"))
-        out = []
+        out: list[dict | list] = []
         for task in tasks:
             try:
                 if context and context.get("result"):
                     regions = self._interactive(task, context["result"], config, project)
+                elif not has_drafts(task, self.settings.mask_data_key):
+                    self.embedder.submit(task_image_url(task, config))
+                    out.append([])
+                    continue
                 else:
                     regions = self._pre_annotate(task, config, project)
                 out.append(prediction(regions, config, self.model_version))
@@ -143,7 +221,15 @@ class PromptMoEModel:
         if event in ("ANNOTATION_DELETED", "ANNOTATIONS_DELETED"):
             return learning.delete_annotations(event, data, self.store)
         if event == "START_TRAINING":
-            return self._train()
+            # Training takes minutes: it runs on the training worker, never in the request.
+            if not self.store.pairs_fingerprint()[0]:
+                return {
+                    "queued": False,
+                    "trained": False,
+                    "model_version": self.model_version,
+                    "reason": "no (draft, final) pairs yet: refine drafts, then submit annotations",
+                }
+            return {**self.training.request(), "model_version": self.model_version}
         raise TaskError(f"unknown event {event!r}; known: {', '.join(self.EVENTS)}")
 
     # ------------------------------------------------------------------ interactive
@@ -156,29 +242,35 @@ class PromptMoEModel:
         context = context_regions(items, config, *image.shape[:2])
         clicks = context.clicks
         regions = []
-        for label, box in context.boxes:
-            inside = [
-                c
-                for c in clicks.get(label, [])
-                if box[0] <= c.x <= box[2] and box[1] <= c.y <= box[3]
-            ]
-            clicks[label] = [c for c in clicks.get(label, []) if c not in inside]
-            regions.append(self._box(image, box, inside, label))
+        for box in context.boxes:
+            own = clicks.get(box.label, [])
+            inside = [c for c in own if box.contains(np.float64(c.x), np.float64(c.y))]
+            clicks[box.label] = [c for c in own if c not in inside]
+            regions.append(self._box(image, box, inside))
         for label, label_clicks in clicks.items():
             if label_clicks:
                 regions.extend(self._clicks(image, label, label_clicks, project))
         regions.extend(self._refine_drafts(image, url, context.drafts, task, project))
         return regions
 
-    def _box(self, image: np.ndarray, box: np.ndarray, clicks: list[Click], label: str) -> Region:
-        """SAM's single mask for ``box`` ``(4,)`` x0, y0, x1, y1 and ``clicks``, image pixels."""
+    def _box(self, image: np.ndarray, box: Box, clicks: list[Click]) -> Region:
+        """SAM's single mask for ``box`` and the ``clicks`` inside it (image pixels).
+
+        SAM takes only axis-aligned boxes: a rotated rectangle prompts with its bounding box
+        (clipped to the image), and of the mask only the parts that overlap the rotated
+        rectangle itself are kept (the bounding box holds more than the user framed)."""
+        h, w = image.shape[:2]
         emb = self.engine.embed(image)
         points = np.array([[c.x, c.y] for c in clicks]) if clicks else None
         labels = np.array([int(c.positive) for c in clicks]) if clicks else None
+        bounds = np.clip(box.bounds, 0, [w, h, w, h])
         out = self.engine.decode(
-            emb, [Prompt(points=points, labels=labels, box=box)], multimask=False
+            emb, [Prompt(points=points, labels=labels, box=bounds)], multimask=False
         )
-        return Region(label, out.masks[0, 0], float(out.iou[0, 0]))
+        mask = out.masks[0, 0]
+        if box.rotation % 90:
+            mask = _parts_touching(mask, box)
+        return Region(box.label, mask, calibrated_score(float(out.iou[0, 0]), "box"))
 
     def _clicks(
         self, image: np.ndarray, label: str, clicks: list[Click], project: str
@@ -193,13 +285,12 @@ class PromptMoEModel:
             )
 
         sessions = self.tracks.apply(self.engine, image, project, label, tuple(clicks), new_session)
-        return [Region(label, s.mask, float(s.score)) for s in sessions]
+        return [Region(label, s.mask, calibrated_score(float(s.score), "click")) for s in sessions]
 
     # ------------------------------------------------------------------ drafts
     def _pre_annotate(self, task: dict, config: LabelConfig, project: str) -> list[Region]:
         """Refine the brush drafts of a task: its latest annotation with brush regions, else
-        its latest prediction from another model, else a mask image in its data.  A task
-        without drafts gets an empty result and its image embedded ahead of the clicks."""
+        its latest prediction from another model, else a mask image in its data."""
         url, image = self._task_image(task, config)
         shape = image.shape[:2]
         drafts = task_drafts(task, config, *shape)
@@ -208,10 +299,6 @@ class PromptMoEModel:
             drafts = mask_image_drafts(
                 self.fetcher.label_map(mask_url, shape), task["data"], config
             )
-        if not drafts:
-            # Nothing to refine: embed the image now, so the annotator's first click on this
-            # task is fast (kept in memory, and on disk with EMBEDDING_DIR).
-            self.engine.embed(image)
         return self._refine_drafts(image, url, drafts, task, project)
 
     def _refine_drafts(
@@ -234,7 +321,7 @@ class PromptMoEModel:
                 router=router,
                 depth=self.depth,
             )
-            regions.append(Region(label, out.mask, float(out.score)))
+            regions.append(Region(label, out.mask, calibrated_score(float(out.score), "draft")))
             unions[label] = unions.get(label, np.zeros_like(draft)) | draft
         if "id" in task:
             for label, union in unions.items():
@@ -242,17 +329,28 @@ class PromptMoEModel:
         return regions
 
     # ------------------------------------------------------------------ training
+    def training_status(self) -> dict:
+        """The training worker's state (``idle`` / ``queued`` / ``running``), its last result
+        or error, and the current model version: for ``/health`` and ``/metrics``."""
+        return {**self.training.status(), "model_version": self.model_version}
+
     def _train(self) -> dict:
-        """Refit the router on the stored (draft, final) pairs and swap it in atomically."""
-        refit = learning.refit(self.engine, self.store, self.fetcher, self.depth)
+        """On the training worker: refit the router on the stored (draft, final) pairs from
+        the current weights, then swap it in atomically."""
+        with self._router_lock:
+            base = self._router_path
+        refit = learning.refit(
+            self.engine, self.store, self.fetcher, self.depth, base=base, epochs=self.train_epochs
+        )
         if refit is None:
             return {
                 "trained": False,
                 "model_version": self.model_version,
-                "reason": "no (draft, final) pairs yet: refine drafts, then submit annotations",
+                "reason": "no usable (draft, final) pair: their images no longer load",
             }
         with self._router_lock:
             self.router, self._router_version = refit.router, refit.version
+            self._router_path = refit.path
         return {
             "trained": True,
             "pairs": refit.pairs,
@@ -273,3 +371,13 @@ class PromptMoEModel:
             "model_version": self.model_version,
             "error": f"task {task.get('id')}: {message}",
         }
+
+
+def _parts_touching(mask: np.ndarray, box: Box) -> np.ndarray:
+    """The connected parts of ``mask`` ``(H, W) bool`` that overlap the (rotated) ``box``;
+    the whole mask when none does."""
+    rows, cols = np.indices(mask.shape)
+    inside = box.contains(cols + 0.5, rows + 0.5)
+    parts, n = ndimage.label(mask)
+    keep = np.unique(parts[inside & mask])
+    return np.isin(parts, keep[keep > 0]) if keep.any() else mask

@@ -11,10 +11,28 @@ from .label_config import LabelConfig
 from .polygons import mask_to_polygons
 
 
+#: ``source -> (a, b)`` of the score calibration ``sigmoid(a * (raw - b))``: SAM's
+#: predicted IoU of a mask (``raw``, which passes 1.0 for confident masks) -> an estimate
+#: of its true IoU, in (0, 1).  Fitted by least squares to the true IoU of the backend's
+#: masks (SmartSAM clicks 1-3; SAM on ground-truth boxes, tight and jittered) on 15 DAVIS,
+#: 15 GrabCut and 15 COCO_MVal-dev images: ``tests/labelstudio/fit_scores.py`` (README,
+#: "Scores").  Refined drafts use the box curve (their mask is mostly SAM's box answer).
+SCORE_CALIBRATION = {"click": (7.856, 0.7662), "box": (8.653, 0.7618)}
+
+
+def calibrated_score(raw: float, source: str) -> float:
+    """The calibrated score in [0, 1] of a mask whose SAM predicted IoU is ``raw``, made by
+    ``source`` (``click``, ``box`` or ``draft``); 0 for a raw score that is not finite."""
+    if not np.isfinite(raw):
+        return 0.0
+    a, b = SCORE_CALIBRATION["click" if source == "click" else "box"]
+    return float(1.0 / (1.0 + np.exp(-a * (raw - b))))
+
+
 @dataclass(frozen=True)
 class Region:
-    """One output object: ``mask`` ``(H, W) bool`` in the image frame, ``score`` SAM's
-    predicted IoU (or the refinement's score)."""
+    """One output object: ``mask`` ``(H, W) bool`` in the image frame, ``score`` its
+    calibrated score (:func:`calibrated_score`)."""
 
     label: str
     mask: np.ndarray
@@ -71,8 +89,9 @@ def polygon_results(
 
 def prediction(regions: list[Region], config: LabelConfig, model_version: str) -> dict:
     """Label Studio's prediction of ``regions``: a brush result each (plus polygons when the
-    config has a PolygonLabels tag); scores clipped to [0, 1], the task score their mean."""
-    scores = [min(max(r.score, 0.0), 1.0) for r in regions]
+    config has a PolygonLabels tag); the task score is the mean of the region scores (kept
+    in [0, 1], NaN as 0)."""
+    scores = [min(max(r.score, 0.0), 1.0) if np.isfinite(r.score) else 0.0 for r in regions]
     result = []
     for region, score in zip(regions, scores, strict=True):
         names = {"to_name": config.image_to, "score": score}

@@ -36,13 +36,48 @@ class Click:
     positive: bool
 
 
+@dataclass(frozen=True)
+class Box:
+    """A rectangle of ``label``: its ``corners`` ``(4, 2)`` float64 (x, y) in image pixels,
+    in drawing order from the rectangle's own top-left corner.
+
+    Label Studio rotates a rectangle by ``value.rotation`` degrees (clockwise on screen)
+    around that corner ``(value.x, value.y)``; ``value.width`` is in percent of the image's
+    width and ``value.height`` of its height, whatever the rotation.
+    """
+
+    label: str
+    corners: np.ndarray
+    rotation: float = 0.0
+
+    @property
+    def bounds(self) -> np.ndarray:
+        """``(4,)`` x0, y0, x1, y1: the axis-aligned bounding box of the corners."""
+        return np.concatenate([self.corners.min(axis=0), self.corners.max(axis=0)])
+
+    def contains(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Whether the points ``(x, y)`` (arrays of one shape) lie in the (rotated) box."""
+        inside = np.ones(np.broadcast(x, y).shape, bool)
+        sign = 1.0 if self._clockwise else -1.0
+        ends = np.roll(self.corners, -1, axis=0)
+        for (ax, ay), (bx, by) in zip(self.corners, ends, strict=True):
+            inside &= sign * ((bx - ax) * (y - ay) - (by - ay) * (x - ax)) >= -1e-9
+        return inside
+
+    @property
+    def _clockwise(self) -> bool:
+        """Whether the corners run clockwise on screen (y down): positive shoelace sum."""
+        c = self.corners
+        return float(np.sum(c[:, 0] * np.roll(c[:, 1], -1) - np.roll(c[:, 0], -1) * c[:, 1])) > 0
+
+
 @dataclass
 class Context:
     """The regions of an interactive call: clicks per label, boxes and brush drafts."""
 
     clicks: dict[str, list[Click]] = field(default_factory=dict)
-    #: ``(label, (4,) float64 x0, y0, x1, y1)`` in image pixels.
-    boxes: list[tuple[str, np.ndarray]] = field(default_factory=list)
+    #: The rectangle to segment: the newest one only (see :func:`context_regions`).
+    boxes: list[Box] = field(default_factory=list)
     drafts: list[Draft] = field(default_factory=list)
 
 
@@ -60,6 +95,8 @@ def task_image_url(task: Any, config: LabelConfig) -> str:
     if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
         raise TaskError("a task must be an object with a data object")
     url = task["data"].get(config.image_key)
+    if url and not isinstance(url, str):
+        raise TaskError(f"data.{config.image_key} must be an image URL (a string)")
     if not url:
         raise TaskError(
             f"no image URL in data.{config.image_key} (the <Image> tag's value ${config.image_key})"
@@ -84,9 +121,17 @@ def _kind(item: Any) -> str:
     return str(item.get("type", "")).lower() if isinstance(item, dict) else ""
 
 
-def brush_region(item: dict, config: LabelConfig, h: int, w: int) -> Draft:
+def brush_region(
+    item: dict, config: LabelConfig, h: int, w: int, max_pixels: int | None = None
+) -> Draft:
     """A ``brushlabels`` result item as ``(label, mask (h, w) bool)``; its size must be the
-    image's ``h`` x ``w``."""
+    image's ``h`` x ``w``.
+
+    The size guard: ``original_height`` / ``original_width``, when given, must be positive
+    integers equal to ``h`` x ``w``, and ``h * w`` at most ``max_pixels`` (default and
+    ceiling :data:`rle.MAX_PIXELS`); all is checked before the RLE is decoded, and the
+    decoder checks the RLE's own header against ``h * w * 4`` before allocating.
+    """
     value = item.get("value") or {}
     if not isinstance(value, dict):
         raise TaskError("a brush region's value must be an object")
@@ -95,27 +140,80 @@ def brush_region(item: dict, config: LabelConfig, h: int, w: int) -> Draft:
         raise TaskError(
             "a brush region must carry value.format 'rle' and value.rle, a list of ints"
         )
-    ih, iw = int(item.get("original_height", h)), int(item.get("original_width", w))
-    if (ih, iw) != (h, w):
-        raise TaskError(f"brush region is for a {iw}x{ih} image but the image is {w}x{h}")
-    return label, rle.decode(value["rle"], h, w)
+    sizes = item.get("original_height", h), item.get("original_width", w)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes):
+        raise TaskError(
+            "a brush region needs original_width and original_height, positive integers; got "
+            f"{sizes[1]!r}x{sizes[0]!r}"
+        )
+    if sizes != (h, w):
+        raise TaskError(
+            f"brush region is for a {sizes[1]}x{sizes[0]} image but the image is {w}x{h}"
+        )
+    try:
+        return label, rle.decode(value["rle"], h, w, max_pixels)
+    except rle.RLEError as exc:
+        raise TaskError(str(exc)) from exc
+
+
+#: Largest percent a region coordinate may hold (far outside any image, still finite math).
+MAX_PERCENT = 1e6
 
 
 def _percent(value: dict, key: str) -> float:
+    """``value[key]``, a region coordinate in percent of the image."""
     v = value.get(key)
-    if not isinstance(v, (int, float)) or not np.isfinite(v):
-        raise TaskError(f"value.{key} must be a number (percent of the image), got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not abs(v) <= MAX_PERCENT:
+        raise TaskError(
+            f"value.{key} must be a number (percent of the image) within +-{MAX_PERCENT:g}, "
+            f"got {v!r}"
+        )
     return float(v)
+
+
+def _rectangle(value: dict, label: str, h: int, w: int) -> Box:
+    """A ``rectanglelabels`` value (percent of the image, ``rotation`` in degrees around
+    its top-left corner) as a :class:`Box` in image pixels.
+
+    Raises:
+        TaskError: a bad number, or a rectangle that does not overlap the image.
+    """
+    x, y = _percent(value, "x") * w / 100, _percent(value, "y") * h / 100
+    bw, bh = _percent(value, "width") * w / 100, _percent(value, "height") * h / 100
+    rotation = value.get("rotation") or 0.0
+    if (
+        isinstance(rotation, bool)
+        or not isinstance(rotation, (int, float))
+        or not abs(rotation) <= MAX_PERCENT
+    ):
+        raise TaskError(f"value.rotation must be a number of degrees, got {rotation!r}")
+    t = np.deg2rad(float(rotation))
+    axes = np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]])  # width, height dirs
+    local = np.array([[0.0, 0.0], [bw, 0.0], [bw, bh], [0.0, bh]])
+    box = Box(label, np.array([x, y]) + local @ axes, float(rotation) % 360)
+    x0, y0, x1, y1 = box.bounds
+    if min(x1, w) - max(x0, 0) < 1 or min(y1, h) - max(y0, 0) < 1:
+        raise TaskError(
+            f"the rectangle ({x0:.0f}, {y0:.0f})-({x1:.0f}, {y1:.0f}) px does not overlap the "
+            f"{w}x{h} image"
+        )
+    return box
 
 
 def context_regions(items: list, config: LabelConfig, h: int, w: int) -> Context:
     """The keypoints, rectangles and brush drafts among an interactive call's ``items``
     (other region types are ignored) on an ``h`` x ``w`` image.
 
+    Label Studio's editor sends every region of the type and label of the one just drawn,
+    newest last.  Clicks accumulate into objects (every keypoint is kept: the click tracks
+    apply only the new ones), but a rectangle is a request of its own: only the newest
+    rectangle is kept, the earlier ones were answered when they were drawn.
+
     Raises:
         TaskError: no such region, or one with a bad label or value.
     """
     context = Context()
+    newest_rectangle = None
     for item in items:
         kind = _kind(item)
         value = item.get("value") if isinstance(item, dict) else None
@@ -135,10 +233,9 @@ def context_regions(items: list, config: LabelConfig, h: int, w: int) -> Context
             positive = item.get("is_positive", True) is not False
             context.clicks.setdefault(label, []).append(Click(x, y, positive))
         else:
-            x0, y0 = _percent(value, "x") * w / 100, _percent(value, "y") * h / 100
-            x1 = x0 + _percent(value, "width") * w / 100
-            y1 = y0 + _percent(value, "height") * h / 100
-            context.boxes.append((label, np.array([x0, y0, x1, y1])))
+            newest_rectangle = (value, label)
+    if newest_rectangle is not None:
+        context.boxes.append(_rectangle(*newest_rectangle, h, w))
     if not (context.clicks or context.boxes or context.drafts):
         raise TaskError(
             "the context has no keypoint, rectangle or brush region; use a smart KeyPointLabels "
@@ -147,17 +244,38 @@ def context_regions(items: list, config: LabelConfig, h: int, w: int) -> Context
     return context
 
 
-def task_drafts(task: dict, config: LabelConfig, h: int, w: int) -> list[Draft]:
-    """The brush drafts of a task: those of its latest annotation with brush regions, else
-    of its latest prediction from another model (``[]`` when there are none)."""
-    sources = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
+def _draft_sources(task: dict) -> list[dict]:
+    """A task's annotations (not cancelled) and predictions of other models, newest first."""
+    sources = [
+        a
+        for a in task.get("annotations") or []
+        if isinstance(a, dict) and not a.get("was_cancelled")
+    ]
     sources += [
         p
         for p in task.get("predictions") or []
-        if not str(p.get("model_version", "")).startswith(MODEL_VERSION_PREFIX)
+        if isinstance(p, dict)
+        and not str(p.get("model_version", "")).startswith(MODEL_VERSION_PREFIX)
     ]
     sources.sort(key=lambda s: str(s.get("updated_at") or s.get("created_at") or ""), reverse=True)
-    for source in sources:
+    return sources
+
+
+def has_drafts(task: dict, mask_key: str) -> bool:
+    """Whether a task has something to refine, decided without its image: a brush region in
+    an annotation or another model's prediction, or a mask image in ``data[mask_key]``."""
+    data = task.get("data") if isinstance(task.get("data"), dict) else {}
+    return bool(data.get(mask_key)) or any(
+        _kind(item) == "brushlabels"
+        for source in _draft_sources(task)
+        for item in source.get("result") or []
+    )
+
+
+def task_drafts(task: dict, config: LabelConfig, h: int, w: int) -> list[Draft]:
+    """The brush drafts of a task: those of its latest annotation with brush regions, else
+    of its latest prediction from another model (``[]`` when there are none)."""
+    for source in _draft_sources(task):
         drafts = [
             brush_region(item, config, h, w)
             for item in source.get("result") or []

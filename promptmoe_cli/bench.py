@@ -9,24 +9,44 @@ import tempfile
 from pathlib import Path
 
 from ls_backend.bench import bench_samples, bench_server, files_root, format_server_report
+from ls_backend.load import format_load_report, load_test
 from ls_backend.server import load_model
 from promptmoe_plugin.eval.click_bench import REFERENCE_POOLS, run_click_bench
 from promptmoe_plugin.eval.clicker import FIRST_CLICKS, MAX_CLICKS
 from promptmoe_plugin.eval.coarse import KINDS
-from promptmoe_plugin.eval.engine_bench import bench_engine, format_engine_report
+from promptmoe_plugin.eval.engine_bench import (
+    bench_engine,
+    bench_runtimes,
+    format_engine_report,
+    format_runtime_report,
+)
 from promptmoe_plugin.eval.methods import CLICK_METHODS
 from promptmoe_plugin.eval.options import parse_options
 from promptmoe_plugin.eval.refine_bench import run_refine_bench
 from promptmoe_plugin.eval.report import click_tables, refine_tables, write_json
 from promptmoe_plugin.eval.stages import format_stage_table, stage_timings
 from promptmoe_plugin.refine import VARIANTS
+from promptmoe_plugin.sam import RUNTIMES, load_sam
 
 from .options import Subparsers, add_settings_options, engine, names, settings
 
 
 def _run_engine(args: argparse.Namespace) -> int:
-    result = bench_engine(engine(args), repeats=args.repeats, batch=args.batch)
-    print(format_engine_report(result))
+    if args.runtimes:
+        if not args.data:
+            raise SystemExit("bench engine --runtimes needs --data (GrabCut, DAVIS folders)")
+        config = settings(args).engine
+        result = bench_runtimes(
+            load_sam(config.sam_checkpoint, config.device),
+            names(args.runtimes),
+            args.data,
+            images=args.images,
+            runtime_cache=args.runtime_cache,
+        )
+        print(format_runtime_report(result))
+    else:
+        result = bench_engine(engine(args), repeats=args.repeats, batch=args.batch)
+        print(format_engine_report(result))
     write_json(args.json, result)
     return 0
 
@@ -97,10 +117,15 @@ def _run_server(args: argparse.Namespace) -> int:
         root = files_root(bench_samples(folders, args.images))
         model_dir = config.model_dir if args.model_dir else Path(tmp)
         model = load_model(dataclasses.replace(config, model_dir=model_dir, local_files_root=root))
-        figures = bench_server(
-            model, folders, images=args.images, latency_images=args.latency_images
-        )
-    print(format_server_report(figures))
+        if args.load:
+            figures = load_test(
+                model, folders, clients=args.clients, seconds=args.seconds, images=args.images
+            )
+        else:
+            figures = bench_server(
+                model, folders, images=args.images, latency_images=args.latency_images
+            )
+    print(format_load_report(figures) if args.load else format_server_report(figures))
     write_json(args.json, figures)
     return 0
 
@@ -154,6 +179,30 @@ def register(sub: Subparsers, bench: Subparsers) -> None:
     )
     p.add_argument(
         "--batch", type=int, default=16, help="prompt sets decoded per batch (default 16)"
+    )
+    p.add_argument(
+        "--runtimes",
+        help="compare image-encoder runtimes instead, comma-separated from "
+        f"{', '.join(RUNTIMES)} (a name may end in -f32 or -bf16, e.g. openvino-f32): "
+        "encode time, ratio to torch, click-1 mask IoU with fp32 torch on --data images",
+    )
+    p.add_argument(
+        "--data",
+        action="append",
+        metavar="DIR",
+        help="with --runtimes: dataset folder (GrabCut, DAVIS); repeat for several",
+    )
+    p.add_argument(
+        "--images",
+        type=int,
+        default=10,
+        help="with --runtimes: first N images of each --data folder (default 10)",
+    )
+    p.add_argument(
+        "--runtime-cache",
+        dest="runtime_cache",
+        help="with --runtimes: folder of the exported encoder graphs "
+        "(default ~/.cache/promptmoe/runtimes)",
     )
     p.add_argument("--json", help="also write the figures to this JSON file")
     add_settings_options(p, ("engine",))
@@ -260,6 +309,16 @@ def register(sub: Subparsers, bench: Subparsers) -> None:
         type=int,
         default=20,
         help="of those, the images used for the latency figures (default 20)",
+    )
+    p.add_argument(
+        "--load",
+        action="store_true",
+        help="instead: concurrent clients mixing clicks, boxes, drafts and batches over HTTP "
+        "(p50/p95 per kind, errors, RSS over time)",
+    )
+    p.add_argument("--clients", type=int, default=8, help="with --load: clients (default 8)")
+    p.add_argument(
+        "--seconds", type=float, default=60.0, help="with --load: seconds of load (default 60)"
     )
     p.add_argument("--json", help="also write the figures to this JSON file")
     add_settings_options(p, ("engine", "backend"))

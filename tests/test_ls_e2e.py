@@ -34,6 +34,14 @@ REPO = Path(__file__).resolve().parents[1]
 LS_VERSION = "1.23.2"
 TOKEN = "0123456789abcdef0123456789abcdef01234567"
 IMAGE = "/data/local-files/?d=imgs/voc.png"
+#: Label Studio's environment in tests: no error reporting, analytics or version check,
+#: so it contacts no outside host (docker/docker-compose.yml sets the same).
+NO_OUTSIDE_CONTACT = {
+    "SENTRY_DSN": "",
+    "FRONTEND_SENTRY_DSN": "",
+    "COLLECT_ANALYTICS": "false",
+    "LATEST_VERSION_CHECK": "false",
+}
 
 
 def _free_port() -> int:
@@ -114,6 +122,7 @@ def label_studio(files, tmp_path_factory):
         "LOCAL_FILES_SERVING_ENABLED": "true",
         "LOCAL_FILES_DOCUMENT_ROOT": str(files[0]),
         "OMP_WAIT_POLICY": "PASSIVE",
+        **NO_OUTSIDE_CONTACT,
     }
     cmd = [
         str(Path(venv.stdout.strip()) / "bin" / "label-studio"),
@@ -238,17 +247,12 @@ def project(label_studio, backend, files):
     )
     assert r.status_code == 201, r.text
     ml = r.json()["id"]
-    r = s.post(
-        f"{url}/api/webhooks",
-        json={
-            "project": pid,
-            "url": f"{backend.url}/webhook",
-            "send_payload": True,
-            "send_for_all_actions": False,
-            "actions": ["ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"],
-        },
-    )
-    assert r.status_code == 201, r.text
+    # Connecting the model created its webhook for all actions: no other is needed (a
+    # second one would deliver every event twice).
+    hooks = s.get(f"{url}/api/webhooks", params={"project": pid}).json()
+    assert [(h["url"], h["send_for_all_actions"]) for h in hooks] == [
+        (f"{backend.url}/webhook", True)
+    ]
     return {"id": pid, "ml": ml, "tasks": ids}
 
 
@@ -310,6 +314,27 @@ def test_interactive_keypoint_box_and_brush(label_studio, project, files):
     assert label == "Table" and iou(mask, gt["table"]) > 0.6
 
 
+def test_opening_a_task_is_fast_and_stores_no_prediction(label_studio, project, backend):
+    """Opening a task sends a batch /predict for it: a task without drafts gets no
+    prediction (no empty tab, and Retrieve Predictions still covers it), at once, and its
+    image is embedded in the background."""
+    url, s = label_studio
+    task = project["tasks"][0]
+    encodes = requests.get(f"{backend.url}/metrics", timeout=5).json()["engine"]["encodes"]
+    start = time.perf_counter()
+    r = s.get(f"{url}/api/tasks/{task}", timeout=60)
+    seconds = time.perf_counter() - start
+    assert r.status_code == 200 and r.json()["predictions"] == [] and seconds < 1.0, seconds
+    assert s.get(f"{url}/api/predictions", params={"task": task}).json() == []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        metrics = requests.get(f"{backend.url}/metrics", timeout=5).json()
+        if metrics["engine"]["encodes"] > encodes or metrics["engine"]["cache_entries"]:
+            break
+        time.sleep(0.5)
+    assert metrics["engine"]["cache_entries"] >= 1
+
+
 def test_batch_predictions_for_tasks_with_drafts(label_studio, project, files):
     url, s = label_studio
     _, gt = files
@@ -354,6 +379,11 @@ def test_annotation_reaches_the_store_and_survives_restart(label_studio, project
     version = requests.get(f"{backend.url}/health").json()["model_version"]
     r = s.post(f"{url}/api/ml/{project['ml']}/train", json={}, timeout=600)
     assert r.status_code == 200, r.text
+    deadline = time.monotonic() + 300  # training may run on the backend's training worker
+    while time.monotonic() < deadline:
+        if requests.get(f"{backend.url}/health", timeout=5).json()["model_version"] != version:
+            break
+        time.sleep(1)
     assert requests.get(f"{backend.url}/health").json()["model_version"] != version
 
     backend.stop()
