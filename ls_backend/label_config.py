@@ -49,15 +49,31 @@ class LabelConfig:
             )
 
 
-@lru_cache(maxsize=64)
+#: Largest labeling config parsed (real ones are a few KB; the SDK takes ~0.7 s per MB).
+MAX_CONFIG_CHARS = 2**20
+#: Parsed configs kept (one per project in use); with the size bound, at most ~70 MB.
+CONFIGS_KEPT = 16
+
+
 def parse_label_config(config: str) -> LabelConfig:
     """Find the BrushLabels output and the smart tools of a labeling config.
 
     Raises:
-        LabelConfigError: not valid XML, or no ``<BrushLabels>`` on an ``<Image>``.
+        LabelConfigError: empty, longer than :data:`MAX_CONFIG_CHARS`, not valid XML, or
+            no ``<BrushLabels>`` on an ``<Image>``.
     """
     if not isinstance(config, str) or not config.strip():
         raise LabelConfigError("the labeling config is empty")
+    if len(config) > MAX_CONFIG_CHARS:
+        raise LabelConfigError(
+            f"the labeling config has {len(config)} characters; the backend parses at most "
+            f"{MAX_CONFIG_CHARS}"
+        )
+    return _parse(config)
+
+
+@lru_cache(maxsize=CONFIGS_KEPT)
+def _parse(config: str) -> LabelConfig:
     try:
         interface = LabelInterface(config)
     except Exception as exc:  # the SDK raises lxml, KeyError or its own errors

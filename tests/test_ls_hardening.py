@@ -550,3 +550,17 @@ def test_odd_urls_are_clear_fetch_errors(files, url):
     )
     with pytest.raises(ImageFetchError):
         fetcher.image(url)
+
+
+def test_a_huge_labeling_config_is_refused_before_parsing():
+    from ls_backend import label_config
+    from ls_backend.label_config import MAX_CONFIG_CHARS, LabelConfigError, parse_label_config
+
+    labels = "".join(f'<Label value="L{i}"/>' for i in range(MAX_CONFIG_CHARS // 16))
+    config = f'<View><Image name="i" value="$image"/><BrushLabels name="b" toName="i">{labels}'
+    config += "</BrushLabels></View>"
+    assert len(config) > MAX_CONFIG_CHARS
+    parsed = label_config._parse.cache_info().misses
+    with pytest.raises(LabelConfigError, match="at most"):
+        parse_label_config(config)
+    assert label_config._parse.cache_info().misses == parsed  # refused on its length
