@@ -8,6 +8,9 @@ HOST ?= 0.0.0.0
 PORT ?= 9090
 # OpenMP threads sleep instead of spinning when idle: much faster on a shared CPU.
 export OMP_WAIT_POLICY ?= PASSIVE
+# Two malloc arenas: threads serving requests reuse memory instead of growing the RSS
+# (the Docker image sets the same).
+export MALLOC_ARENA_MAX ?= 2
 
 .PHONY: setup run lint test bench clean
 

@@ -205,6 +205,14 @@ OPTIONS: tuple[Option, ...] = (
         "--train-epochs",
         "epochs of a START_TRAINING refit of the expert selector (default 100)",
     ),
+    Option(
+        "max_concurrent",
+        "backend",
+        "MAX_CONCURRENT",
+        "--max-concurrent",
+        "batch (pre-annotation) tasks refined at once, over all requests (default 0: one "
+        "per CPU core); the others wait their turn, interactive calls never do",
+    ),
 )
 
 
@@ -250,6 +258,7 @@ class Settings:
     max_request_mb: float = 64.0
     mask_data_key: str = "mask"
     train_epochs: int = 100
+    max_concurrent: int = 0
     engine: EngineSettings = field(default_factory=EngineSettings)
 
     def __post_init__(self) -> None:
@@ -257,6 +266,8 @@ class Settings:
             object.__setattr__(self, "label_studio_url", self.label_studio_url.rstrip("/"))
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             raise ValueError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
+        if self.max_concurrent < 0:
+            raise ValueError(f"MAX_CONCURRENT must be >= 0, got {self.max_concurrent}")
         if self.train_epochs < 1:
             raise ValueError(f"TRAIN_EPOCHS must be >= 1, got {self.train_epochs}")
         if self.max_references < 0 or self.max_image_mb <= 0 or self.image_timeout <= 0:

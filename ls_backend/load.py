@@ -1,11 +1,12 @@
 """``promptmoe bench server --load``: concurrent clients against the backend over HTTP.
 
 The backend runs in this process behind a threaded HTTP server on loopback (as in
-:mod:`.bench`).  After a warm-up that sends every image once (so each is fetched, decoded
-and embedded), ``clients`` threads each send requests for ``seconds``: a request kind
-drawn in turn from ``click`` (one to three positive keypoints), ``box``, ``draft`` (a brush draft
-to refine) and ``batch`` (a batch ``/predict`` of two tasks with drafts), on an image drawn
-at random.  A sampler reads the process RSS every ``sample_every`` seconds.
+:mod:`.bench`).  After a warm-up that sends every kind of request once on every image,
+one at a time (so the caches hold what the load uses), ``clients`` threads each send
+requests for ``seconds``: a request kind drawn in turn from ``click`` (one to three
+positive keypoints), ``box``, ``draft`` (a brush draft to refine) and ``batch`` (a batch
+``/predict`` of two tasks with drafts), on an image drawn at random.  A sampler reads the
+process RSS every ``sample_every`` seconds.
 
 Reported: p50 / p95 seconds and the count per kind, errors (any non-2xx answer, an answer
 that is not JSON, or a prediction with an ``error``), and RSS after the warm-up, at its
@@ -132,8 +133,10 @@ def load_test(
     lock = threading.Lock()
     try:
         with requests.Session() as http:
-            for p in prepared:  # warm-up: every image fetched, decoded and embedded once
-                http.post(url, json=_body("box", [p], np.random.default_rng(0)), timeout=600)
+            # Warm-up: every kind of request once on every image, one at a time, so the
+            # image, embedding, expert and click caches hold what the load will use.
+            for p, kind in itertools.product(prepared, LOAD_KINDS):
+                http.post(url, json=_body(kind, [p], np.random.default_rng(0)), timeout=600)
         after_warmup = rss_mb()
         stop = time.monotonic() + seconds
         series: list[list[float]] = []

@@ -25,6 +25,7 @@ active learning in :mod:`.learning`.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 
@@ -135,6 +136,9 @@ class PromptMoEModel:
         self.depth = DepthEstimator(settings.depth_model) if settings.depth_model else None
         self.references = learning.ReferenceFeatures(self.intent, self.store, self.fetcher)
         self.tracks = ClickTracks()
+        # Batch tasks refined at once (interactive calls never wait for them): more than
+        # the CPU's cores only adds working memory.
+        self._slots = threading.BoundedSemaphore(settings.max_concurrent or os.cpu_count() or 2)
         self.embedder = BackgroundEmbedder(self.engine, self.fetcher)
         self._router_lock = threading.Lock()
         # The newest router version whose file loads (an unreadable one is passed over).
@@ -204,7 +208,8 @@ class PromptMoEModel:
                     out.append([])
                     continue
                 else:
-                    regions = self._pre_annotate(task, config, project)
+                    with self._slots:
+                        regions = self._pre_annotate(task, config, project)
                 out.append(prediction(regions, config, self.model_version))
             except (TaskError, ImageFetchError, rle.RLEError) as exc:
                 log.warning("task %s: %s", task.get("id"), exc)
