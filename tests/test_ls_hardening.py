@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 import tracemalloc
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from urllib.parse import unquote
 
 import numpy as np
@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from conftest import LS_CONFIG as CONFIG
+from conftest import QuietHandler
 from ls_backend import rle
 from ls_backend.config import load_settings
 from ls_backend.images import ImageFetcher, ImageFetchError, target_of
@@ -38,27 +39,13 @@ def _png(h: int = 48, w: int = 64) -> bytes:
 
 
 # ---------------------------------------------------------------------- loopback servers
-class _Recorder(BaseHTTPRequestHandler):
+class _Recorder(QuietHandler):
     """Records ``(host:port, path, Authorization)`` of every request.  Label Studio (on
     127.0.0.1) serves ``/data/upload/*`` only with the token and redirects ``/go?to=URL``;
     the others serve any path as an image."""
 
     seen: list[tuple[str, str, str | None]] = []
     label_studio: str = ""
-
-    def log_message(self, *args):
-        pass
-
-    def _send(self, status: int, body: bytes = b"", headers: dict | None = None):
-        self.send_response(status)
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        try:
-            self.wfile.write(body)
-        except OSError:
-            pass
 
     def do_GET(self):
         me = "{}:{}".format(*self.server.server_address[:2])
@@ -275,11 +262,8 @@ def test_rle_decode_checks_sizes_before_allocating():
 
 
 # ---------------------------------------------------------------------- IMAGE_TIMEOUT
-class _Trickle(BaseHTTPRequestHandler):
+class _Trickle(QuietHandler):
     """Sends one byte every 0.1 s for 20 s: in the body (``/body``) or the headers."""
-
-    def log_message(self, *args):
-        pass
 
     def do_GET(self):
         try:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import io
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import QuietHandler
 from ls_backend.config import Settings
 from ls_backend.images import ImageFetcher, ImageFetchError
 
@@ -22,22 +23,8 @@ def _png(h: int = 6, w: int = 8) -> bytes:
     return buf.getvalue()
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     seen: list[tuple[str, str | None]] = []
-
-    def log_message(self, *args):
-        pass
-
-    def _send(self, status: int, body: bytes = b"", headers: dict | None = None):
-        self.send_response(status)
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        try:
-            self.wfile.write(body)
-        except BrokenPipeError:  # the client gave up, as the size limit tells it to
-            pass
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
