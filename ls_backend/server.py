@@ -364,6 +364,7 @@ def create_app(model: PromptMoEModel) -> Flask:
             model_version=model.model_version,
             sam_model=model.engine.model_id,
             sam_runtime=model.engine.runtime_info.as_dict(),
+            sam_decoder_runtime=model.engine.decoder_info.as_dict(),
             training=model.training_status()["state"],
         )
 

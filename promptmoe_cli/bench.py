@@ -182,9 +182,11 @@ def register(sub: Subparsers, bench: Subparsers) -> None:
     )
     p.add_argument(
         "--runtimes",
-        help="compare image-encoder runtimes instead, comma-separated from "
-        f"{', '.join(RUNTIMES)} (a name may end in -f32 or -bf16, e.g. openvino-f32): "
-        "encode time, ratio to torch, click-1 mask IoU with fp32 torch on --data images",
+        help="compare runtimes instead, comma-separated from "
+        f"{', '.join(RUNTIMES)} (a name may end in -f32 or -bf16, e.g. openvino-f32; "
+        "ENCODER/DECODER names both parts, e.g. torch/onnxruntime): encode and decode "
+        "times, a SmartSAM first click, ratios to torch, and mask IoU with fp32 torch on "
+        "--data images",
     )
     p.add_argument(
         "--data",

@@ -135,8 +135,13 @@ def test_runtime_that_fails_to_load_falls_back_to_torch(
     info = fallen.runtime_info
     assert (info.name, info.precision, info.requested) == ("torch", "f32", "openvino")
     assert "simulated compile failure" in info.fallback
-    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert len(warnings) == 1 and "falling back to torch" in warnings[0].getMessage()
+    # one line per part: the encoder, and the decoder (auto: no exported runtime loads)
+    assert fallen.decoder_info.name == "torch"
+    assert "simulated compile failure" in fallen.decoder_info.fallback
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 2
+    assert "image encoder runtime openvino failed, falling back to torch" in warnings[0]
+    assert "mask decoder runtime auto: no exported runtime usable, torch" in warnings[1]
     # the engine still works, and exactly as the torch runtime does
     x = torch.zeros(1, 3, 1024, 1024)
     assert torch.equal(fallen.encoder.encode(x), torch_engine.encoder.encode(x))
@@ -230,3 +235,173 @@ def test_default_runtime_is_auto():
 def test_bad_runtime_names(runtime, message):
     with pytest.raises(ValueError, match=message):
         parse_runtime(runtime)
+
+
+# ---------------------------------------------------------------------- the decoder graph
+@pytest.fixture(scope="module")
+def decoder_built(engine, tmp_path_factory):
+    """A runtime cache where two threads asked for the ONNX Runtime decoder at once:
+    ``(cache dir, decoders, number of exports)``."""
+    if not HAS_ONNXRUNTIME:
+        pytest.skip("onnxruntime is not installed")
+    cache = tmp_path_factory.mktemp("decoders")
+    calls = []
+    real_export = runtimes.export_decoder_onnx
+
+    def counting_export(sam, path):
+        calls.append(path)
+        real_export(sam, path)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runtimes, "export_decoder_onnx", counting_export)
+        decoders = [None, None]
+
+        def load(i):
+            decoders[i] = runtimes.load_decoder(engine.sam, "onnxruntime", cache)
+
+        threads = [threading.Thread(target=load, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    return cache, decoders, len(calls)
+
+
+@pytest.fixture(scope="module")
+def ort_decoder_engine(engine, decoder_built):
+    """fp32 PyTorch features, the decoder graph in ONNX Runtime."""
+    cache, _, _ = decoder_built
+    return SamEngine(
+        engine.sam, cache_mb=64, runtime="torch", runtime_cache=cache, decoder_runtime="onnxruntime"
+    )
+
+
+@needs_onnxruntime
+def test_decoder_graph_is_exported_once_and_cached(decoder_built):
+    cache, decoders, exports = decoder_built
+    assert exports == 1
+    infos = [d.info for d in decoders]
+    assert infos[0] == infos[1]
+    assert (infos[0].name, infos[0].precision, infos[0].fallback) == ("onnxruntime", "f32", None)
+    folder = _graph_dir(decoders[0])
+    assert folder.parent.parent == cache
+    assert folder.name.startswith(f"decoder-onnxruntime-{infos[0].version}-f32-")
+    assert (folder / runtimes.DECODER_GRAPH).is_file()
+    assert infos[0].agreement >= 0.999
+
+
+@needs_onnxruntime
+def test_decoder_graph_matches_torch_for_every_prompt_kind(torch_engine, ort_decoder_engine):
+    import skimage.data
+
+    image = skimage.data.astronaut()
+    ref_emb, emb = torch_engine.embed(image), ort_decoder_engine.embed(image)
+    assert torch.equal(ref_emb.features, emb.features)
+    first = torch_engine.decode(ref_emb, [Prompt(points=[[256, 179]], labels=[1])], frame="none")
+    mask = first.low_res_logits[0, 1]
+    box = [100, 50, 400, 400]
+    prompts = [
+        Prompt(points=[[256, 179]], labels=[1]),
+        Prompt(points=[[256, 179], [300, 300]], labels=[1, 0]),
+        Prompt(box=box),
+        Prompt(points=[[256, 179]], labels=[1], box=box),
+        Prompt(mask_logits=mask),
+        Prompt(points=[[256, 179]], labels=[1], mask_logits=mask),
+        Prompt(points=[[256, 179]], labels=[1], box=box, mask_logits=mask),
+    ]
+    for multimask in (True, False):
+        ref = torch_engine.decode(ref_emb, prompts, multimask=multimask)
+        got = ort_decoder_engine.decode(emb, prompts, multimask=multimask)
+        assert got.low_res_logits.shape == ref.low_res_logits.shape
+        np.testing.assert_allclose(got.low_res_logits, ref.low_res_logits, atol=1e-3)
+        np.testing.assert_allclose(got.iou, ref.iou, atol=1e-4)
+        assert (got.masks != ref.masks).mean() < 1e-4
+
+
+@needs_onnxruntime
+def test_decoder_graph_masks_agree_with_torch_on_a_photo(torch_engine, ort_decoder_engine, voc):
+    assert _mean_iou(_click_masks(ort_decoder_engine, voc), _click_masks(torch_engine, voc)) >= 0.99
+
+
+@needs_onnxruntime
+def test_exported_decoder_upscales_within_tolerance(torch_engine, ort_decoder_engine, voc):
+    emb = torch_engine.embed(voc["rgb"])
+    prompts = [Prompt(points=[_deepest_point(m)], labels=[1]) for m in voc["masks"][:4]]
+    logits = torch_engine.decode(emb, prompts, frame="none").low_res_logits.reshape(-1, 256, 256)
+    for frame in ("image", "working"):
+        ref = torch_engine.upscale(emb, logits, frame)
+        got = ort_decoder_engine.upscale(emb, logits, frame)
+        assert got.shape == ref.shape and got.dtype == np.float32
+        assert np.abs(got - ref).max() < 1e-3
+        assert ((got > 0) != (ref > 0)).mean() < 1e-4
+
+
+def test_decoder_runtime_follows_the_encoder_runtime(torch_engine, engine, tmp_path, monkeypatch):
+    assert torch_engine.decoder_info.name == "torch"  # runtime="torch": the reference path
+    seen = []
+    from promptmoe_plugin.sam import engine as engine_module
+
+    monkeypatch.setattr(
+        engine_module, "load_decoder", lambda sam, runtime, cache: seen.append(runtime)
+    )
+    monkeypatch.setattr(engine_module, "load_encoder", lambda *args: torch_engine.encoder)
+    for runtime, decoder_runtime in [("torch", None), ("auto", None), ("openvino-bf16", None)]:
+        SamEngine(engine.sam, cache_mb=1, runtime=runtime, decoder_runtime=decoder_runtime)
+    SamEngine(engine.sam, cache_mb=1, runtime="torch", decoder_runtime="onnxruntime")
+    assert seen == ["torch", "auto", "auto", "onnxruntime"]
+
+
+@needs_onnxruntime
+def test_decoder_that_fails_to_load_falls_back_to_torch(
+    engine, decoder_built, torch_engine, monkeypatch, caplog
+):
+    cache, _, _ = decoder_built
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated compile failure")
+
+    monkeypatch.setattr(runtimes, "load_session", broken)
+    with caplog.at_level(logging.WARNING, logger="promptmoe_plugin.sam.runtimes"):
+        fallen = SamEngine(
+            engine.sam, runtime="torch", runtime_cache=cache, decoder_runtime="onnxruntime"
+        )
+    info = fallen.decoder_info
+    assert (info.name, info.requested) == ("torch", "onnxruntime")
+    assert "simulated compile failure" in info.fallback
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "mask decoder runtime onnxruntime failed" in warnings[0]
+    # the fallen-back engine decodes exactly as the reference does
+    import skimage.data
+
+    emb = fallen.embed(skimage.data.astronaut())
+    prompt = [Prompt(points=[[256, 179]], labels=[1])]
+    ref = torch_engine.decode(torch_engine.embed(skimage.data.astronaut()), prompt)
+    got = fallen.decode(emb, prompt)
+    assert np.array_equal(got.low_res_logits, ref.low_res_logits)
+    assert np.array_equal(got.masks, ref.masks)
+
+
+@needs_onnxruntime
+def test_corrupt_cached_decoder_graph_is_rebuilt(
+    engine, decoder_built, tmp_path, monkeypatch, caplog
+):
+    cache, decoders, _ = decoder_built
+    good = _graph_dir(decoders[0]) / runtimes.DECODER_GRAPH
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    graph = copy / good.relative_to(cache)
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = b"\xff" * 64
+    graph.write_bytes(bytes(data))
+    rebuilt = []
+
+    def export_by_copy(sam, path):
+        rebuilt.append(path)
+        shutil.copyfile(good, path)
+
+    monkeypatch.setattr(runtimes, "export_decoder_onnx", export_by_copy)
+    with caplog.at_level(logging.WARNING, logger="promptmoe_plugin.sam.runtimes"):
+        decoder = runtimes.load_decoder(engine.sam, "onnxruntime", copy)
+    assert len(rebuilt) == 1 and "corrupt cached decoder graph" in caplog.text
+    assert decoder.info.name == "onnxruntime" and decoder.info.fallback is None
+    assert graph.read_bytes() == good.read_bytes()

@@ -1,5 +1,6 @@
 """The engine benchmark: encoder, decoder (batched vs one by one), cache, memory; and the
-comparison of image-encoder runtimes (speed and mask agreement with fp32 PyTorch)."""
+comparison of runtimes of the image encoder and of the decoder (speed and mask agreement
+with fp32 PyTorch)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 from ..images import resize_longest
 from ..masks import mask_iou
 from ..sam import LoadedSam, Prompt, SamEngine
+from ..smartsam import SmartSamSession
 from .clicker import Clicker
 from .datasets import sample_datasets
 
@@ -86,6 +88,7 @@ def bench_engine(
         "model": engine.model_id,
         "device": str(engine.device),
         "runtime": engine.runtime_info.as_dict(),
+        "decoder": engine.decoder_info.as_dict(),
         "repeats": repeats,
         "batch": batch,
         "decode_chunk": default_chunk,
@@ -109,6 +112,7 @@ def format_engine_report(r: dict[str, Any]) -> str:
     rows = [
         ("model / device", f"{r['model']} / {r['device']}"),
         ("image encoder runtime", _runtime_text(r["runtime"])),
+        ("decoder runtime", _runtime_text(r["decoder"]) if "decoder" in r else "-"),
         ("image encoder (cache miss)", f"{r['encode_s'] * 1000:.0f} ms"),
         (
             "embed, cache hit",
@@ -153,46 +157,75 @@ def bench_runtimes(
     images: int = 10,
     runtime_cache: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Compare image-encoder runtimes on the first ``images`` images of each folder.
+    """Compare runtimes on the first ``images`` images of each folder.
+
+    A runtime is an engine ``runtime`` (its decoder follows it, see :class:`SamEngine`) or
+    ``"<encoder>/<decoder>"`` for both, e.g. ``"torch/onnxruntime"`` (fp32 PyTorch
+    features, the decoder graph in ONNX Runtime: the decoder's own agreement).
 
     Per image, each runtime (in a rotating order, so load on a shared machine falls on all
-    alike) encodes the image and decodes the click-1 prompt (the object's deepest pixel,
-    best of 3 masks by predicted IoU); its mask is compared with fp32 PyTorch's (IoU, image
-    frame).  Reports per runtime: what actually ran, the median encode and one-click
-    decode times, the ratio of torch's median encode time to its, and the mean and least
-    mask IoU with torch.  torch is always measured (it is the reference).
+    alike) encodes the image; then, with the embedding cached, decodes the click-1 prompt
+    (the object's deepest pixel, best of 3 masks by predicted IoU, upscaled to the image),
+    and runs a SmartSAM first click there (default agent: 4 decodes).  Its masks are
+    compared with fp32 PyTorch's (IoU, image frame).  Reports per runtime: what actually
+    ran (encoder and decoder), the median encode, one-click decode and SmartSAM
+    first-click times and their ratios to torch's, and the mean and least IoU with torch
+    of the click-1 masks (and the mean of the SmartSAM masks).  torch is always measured
+    (it is the reference).  Every runtime is timed 3 times per image (median kept).
     """
     names = list(dict.fromkeys(["torch", *runtimes]))
-    engines = {r: SamEngine(sam, cache_mb=0, runtime=r, runtime_cache=runtime_cache) for r in names}
+    engines = {}
+    for r in names:
+        enc, _, dec = r.partition("/")
+        engines[r] = SamEngine(
+            sam, cache_mb=32, runtime=enc, runtime_cache=runtime_cache, decoder_runtime=dec or None
+        )
     samples = [s for _, group in sample_datasets(folders, images) for s in group]
     encode: dict[str, list[float]] = {r: [] for r in names}
     decode: dict[str, list[float]] = {r: [] for r in names}
+    smart: dict[str, list[float]] = {r: [] for r in names}
     ious: dict[str, list[float]] = {r: [] for r in names}
+    smart_ious: dict[str, list[float]] = {r: [] for r in names}
     for i, sample in enumerate(samples):
         image, gt, ignore = sample.load()
         click = Clicker(gt, ignore).next_click(np.zeros_like(gt))
         prompt = [Prompt(points=[[click.x, click.y]], labels=[1])]
-        masks = {}
-        for r in names[i % len(names) :] + names[: i % len(names)]:
-            emb = engines[r].embed(image)
-            start = time.perf_counter()
-            out = engines[r].decode(emb, prompt)
-            decode[r].append(time.perf_counter() - start)
-            encode[r].append(emb.encode_seconds)
-            masks[r] = out.masks[0, out.best()[0]]
+        masks, smart_masks = {}, {}
+        order = names[i % len(names) :] + names[: i % len(names)]
+        for r in order:
+            encode[r].append(engines[r].embed(image).encode_seconds)
+        for _ in range(3):
+            for r in order:
+                emb = engines[r].embed(image)  # cached
+                start = time.perf_counter()
+                out = engines[r].decode(emb, prompt)
+                decode[r].append(time.perf_counter() - start)
+                masks[r] = out.masks[0, out.best()[0]]
+                session = SmartSamSession(engines[r], image)  # embedding cached
+                start = time.perf_counter()
+                smart_masks[r] = session.click(click.x, click.y)
+                smart[r].append(time.perf_counter() - start)
         for r in names:
             ious[r].append(mask_iou(masks[r], masks["torch"], empty=1.0))
+            smart_ious[r].append(mask_iou(smart_masks[r], smart_masks["torch"], empty=1.0))
     torch_encode = statistics.median(encode["torch"])
+    torch_decode = statistics.median(decode["torch"])
+    torch_smart = statistics.median(smart["torch"])
     rows = {}
     for r in names:
         median = statistics.median(encode[r])
         rows[r] = {
             "runtime": engines[r].runtime_info.as_dict(),
+            "decoder": engines[r].decoder_info.as_dict(),
             "encode_s": median,
             "speedup": torch_encode / median,
             "decode_s": statistics.median(decode[r]),
+            "decode_speedup": torch_decode / statistics.median(decode[r]),
+            "smartsam_first_click_s": statistics.median(smart[r]),
+            "smartsam_over_torch": statistics.median(smart[r]) / torch_smart,
             "mask_iou_mean": float(np.mean(ious[r])),
             "mask_iou_min": float(np.min(ious[r])),
+            "smartsam_iou_mean": float(np.mean(smart_ious[r])),
         }
     return {
         "model": sam.model_id,
@@ -206,15 +239,25 @@ def bench_runtimes(
 def format_runtime_report(r: dict[str, Any]) -> str:
     """A table of :func:`bench_runtimes` figures, one row per runtime."""
     head = (
-        f"{'runtime':<16} {'ran as':<34} {'encode':>9} {'vs torch':>9} {'decode':>9} "
-        f"{'mask IoU':>9} {'min IoU':>8}"
+        f"{'runtime':<22} {'encoder ran as':<28} {'decoder ran as':<26} {'encode':>9} "
+        f"{'vs torch':>8} {'decode':>8} {'vs torch':>8} {'SmartSAM':>9} {'/ torch':>7} "
+        f"{'mask IoU':>8} {'min IoU':>8} {'Smart IoU':>9}"
     )
-    lines = [f"{r['model']}, {r['images']} images (click-1 masks vs fp32 torch)", head]
+    lines = [
+        f"{r['model']}, {r['images']} images (click-1 decode incl. upscale and SmartSAM first "
+        "click with the embedding cached; masks vs fp32 torch)",
+        head,
+    ]
     for name, row in r["runtimes"].items():
+        decoder = _runtime_text(row["decoder"]) if "decoder" in row else "-"
         lines.append(
-            f"{name:<16} {_runtime_text(row['runtime']):<34} {row['encode_s'] * 1000:>6.0f} ms "
-            f"{row['speedup']:>8.2f}x {row['decode_s'] * 1000:>6.0f} ms "
-            f"{row['mask_iou_mean']:>9.4f} {row['mask_iou_min']:>8.4f}"
+            f"{name:<22} {_runtime_text(row['runtime']):<28} {decoder:<26} "
+            f"{row['encode_s'] * 1000:>6.0f} ms {row['speedup']:>7.2f}x "
+            f"{row['decode_s'] * 1000:>5.1f} ms {row.get('decode_speedup', 1.0):>7.2f}x "
+            f"{row.get('smartsam_first_click_s', 0.0) * 1000:>6.0f} ms "
+            f"{row.get('smartsam_over_torch', 1.0):>7.2f} "
+            f"{row['mask_iou_mean']:>8.4f} {row['mask_iou_min']:>8.4f} "
+            f"{row.get('smartsam_iou_mean', 1.0):>9.4f}"
         )
     lines.append(f"peak RSS {r['peak_rss_mb']:.0f} MB")
     return "\n".join(lines)

@@ -1,5 +1,5 @@
-"""Runtimes of SAM's image encoder: PyTorch eager, or an ONNX export of the loaded model run
-by OpenVINO or ONNX Runtime on the CPU.
+"""Runtimes of SAM's image encoder and of its prompt encoder + mask decoder: PyTorch eager,
+or an ONNX export of the loaded model run by OpenVINO or ONNX Runtime on the CPU.
 
 An exported graph is built from the loaded checkpoint at first use and cached on disk under
 ``<cache>/<model id>/<runtime>-<version>-<precision>-torch<version>-opset<N>/``, never
@@ -15,6 +15,13 @@ the same for all of them.
 ``"auto"`` takes the first of :data:`AUTO_ORDER` that loads on this machine and whose masks
 agree with fp32 PyTorch (mean IoU >= :data:`MIN_AGREEMENT` of the click masks of a
 self-check photo, measured once when the graph is built); on CUDA it keeps PyTorch.
+
+The decoder graph (:func:`load_decoder`) takes the image features and the prompts as SAM's
+prompt encoder sees them (points padded as it pads them, box corners as points labelled 2
+and 3, a mask input with a has-mask flag) and returns all four masks and IoU predictions
+of the mask decoder in the low-res frame; the engine picks single or multimask output as
+``MaskDecoder.forward`` does.  It is cached like the encoder's graph, in a ``decoder-``
+folder, and ``"auto"`` takes the first of :data:`DECODER_AUTO_ORDER`.
 """
 
 from __future__ import annotations
@@ -48,8 +55,23 @@ RUNTIMES = ("auto", "torch", "openvino", "onnxruntime")
 AUTO_ORDER = ("openvino-bf16", "openvino-f32", "onnxruntime-f32")
 #: Least mean IoU of click masks with fp32 PyTorch for ``"auto"`` to take a runtime.
 MIN_AGREEMENT = 0.98
+#: What ``"auto"`` tries for the prompt encoder + mask decoder on a CPU.  One decode on
+#: 2 cores (``promptmoe bench engine --runtimes``, same run): ONNX Runtime f32 2.3-2.6x,
+#: OpenVINO f32 1.1x (dynamic shapes), OpenVINO bf16 3.3x the speed of PyTorch; bf16
+#: moves logits by up to ~1 and the predicted IoU by ~0.02, which re-ranks SmartSAM's
+#: candidates, so auto keeps f32 (logits within 1e-4 of PyTorch's).
+DECODER_AUTO_ORDER = ("onnxruntime-f32", "openvino-f32")
 OPSET = 17
 GRAPH = "encoder.onnx"
+DECODER_GRAPH = "decoder.onnx"
+#: Inputs of the decoder graph, in order.
+DECODER_INPUTS = (
+    "image_embeddings",
+    "point_coords",
+    "point_labels",
+    "mask_input",
+    "has_mask_input",
+)
 MANIFEST = "manifest.json"
 #: Clicks of the build-time self-check on the astronaut photo: a grid over the image.
 CHECK_GRID = 4
@@ -202,24 +224,38 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def graph_folder(cache_dir: Path, sam: LoadedSam, name: str, version: str, precision: str) -> Path:
-    """Cache folder of one exported graph: model, runtime + version, precision, exporter."""
+def graph_folder(
+    cache_dir: Path,
+    sam: LoadedSam,
+    name: str,
+    version: str,
+    precision: str,
+    part: str = "encoder",
+) -> Path:
+    """Cache folder of one exported graph: model, part (the decoder's folder name starts
+    with ``decoder-``), runtime + version, precision, exporter."""
     key = f"{name}-{version}-{precision}-torch{torch.__version__}-opset{OPSET}"
+    if part != "encoder":
+        key = f"{part}-{key}"
     return cache_dir / sam.model_id / key.replace("+", "_")
 
 
-def _read_manifest(folder: Path) -> dict[str, Any] | None:
+def _graph_name(part: str) -> str:
+    return GRAPH if part == "encoder" else DECODER_GRAPH
+
+
+def _read_manifest(folder: Path, part: str = "encoder") -> dict[str, Any] | None:
     """The manifest of a valid cached graph, or None when absent or corrupt."""
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
-        graph = folder / GRAPH
+        graph = folder / _graph_name(part)
         if graph.stat().st_size != manifest["size"] or _sha256(graph) != manifest["sha256"]:
             raise ValueError("graph does not match its manifest")
         return manifest
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.warning("rebuilding the corrupt cached encoder graph in %s (%s)", folder, exc)
+        log.warning("rebuilding the corrupt cached %s graph in %s (%s)", part, folder, exc)
         return None
 
 
@@ -243,6 +279,79 @@ def export_onnx(sam: LoadedSam, path: Path) -> None:
     # The exporter toggles train/eval; TinyViT refills its attention-bias cache on eval(),
     # from the loaded weights, so the model is left as it was.
     encoder.eval()
+
+
+class DecoderGraph(torch.nn.Module):
+    """SAM's prompt encoder + mask decoder as one traceable module (the exported graph).
+
+    Inputs: ``image_embeddings`` ``(1, 256, 64, 64)``; ``point_coords`` ``(B, N, 2)`` in
+    the padded 1024 input frame and ``point_labels`` ``(B, N)`` int64 (1 positive, 0
+    negative, -1 padding, 2 and 3 a box's corners), ``N`` may be 0; ``mask_input`` ``(B,
+    1, 256, 256)`` and ``has_mask_input`` ``(B,)`` (1 or 0).  Outputs: all ``(B, 4, 256,
+    256)`` low-res logits and ``(B, 4)`` IoU predictions (``MaskDecoder.predict_masks``).
+
+    Unlike ``segment_anything.utils.onnx.SamOnnxModel`` it neither upscales nor picks a
+    mask, and it computes the sparse embedding exactly as ``PromptEncoder`` does for the
+    same prompts (the caller pads and orders them the same way).
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.prompt_encoder = model.prompt_encoder
+        self.mask_decoder = model.mask_decoder
+        with torch.no_grad():
+            self.register_buffer("image_pe", model.prompt_encoder.get_dense_pe().clone())
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        pe = self.prompt_encoder
+        sparse = pe.pe_layer._pe_encoding((point_coords + 0.5) / IMAGE_SIZE)
+        labels = point_labels.unsqueeze(-1)
+        sparse = sparse * (labels != -1).to(sparse.dtype)
+        sparse = sparse + pe.not_a_point_embed.weight * (labels == -1).to(sparse.dtype)
+        for i in range(pe.num_point_embeddings):
+            sparse = sparse + pe.point_embeddings[i].weight * (labels == i).to(sparse.dtype)
+        has_mask = has_mask_input.reshape(-1, 1, 1, 1)
+        dense = has_mask * pe.mask_downscaling(mask_input) + (1 - has_mask) * (
+            pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        )
+        return self.mask_decoder.predict_masks(image_embeddings, self.image_pe, sparse, dense)
+
+
+def export_decoder_onnx(sam: LoadedSam, path: Path) -> None:
+    """Export ``sam``'s prompt encoder + mask decoder (:class:`DecoderGraph`, CPU, fp32)
+    to ONNX at ``path``, with dynamic prompt batch and point count."""
+    device = next(sam.model.parameters()).device
+    if device.type != "cpu":
+        raise RuntimeUnavailable(f"exported runtimes run on the CPU, this model is on {device}")
+    graph = DecoderGraph(sam.model).eval()
+    example = (
+        torch.zeros(1, 256, 64, 64),
+        torch.full((1, 2, 2), 512.0),
+        torch.tensor([[1, -1]], dtype=torch.int64),
+        torch.zeros(1, 1, 256, 256),
+        torch.zeros(1),
+    )
+    dynamic = {"point_coords": {0: "B", 1: "N"}, "point_labels": {0: "B", 1: "N"}}
+    dynamic |= {"mask_input": {0: "B"}, "has_mask_input": {0: "B"}}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer and constant-folding warnings only
+        torch.onnx.export(
+            graph,
+            example,
+            str(path),
+            opset_version=OPSET,
+            dynamo=False,
+            input_names=list(DECODER_INPUTS),
+            output_names=["low_res_logits", "iou"],
+            dynamic_axes=dynamic,
+        )
 
 
 def _self_check_image() -> np.ndarray:
@@ -290,10 +399,60 @@ def mask_agreement(
     return float(np.mean(np.where(union > 0, inter / np.maximum(union, 1), 1.0)))
 
 
+@torch.inference_mode()
+def decoder_agreement(
+    sam: LoadedSam, run: Callable[..., list[np.ndarray]], image: np.ndarray
+) -> float:
+    """Mean IoU of the best low-res click masks of the decoder graph ``run`` (inputs as
+    :data:`DECODER_INPUTS`) against fp32 PyTorch's prompt encoder + mask decoder, on
+    fp32 PyTorch features of ``image``, over a :data:`CHECK_GRID` squared grid of clicks
+    (one point each, padded as ``PromptEncoder`` pads it)."""
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    model = sam.model
+    transform = ResizeLongestSide(IMAGE_SIZE)
+    resized = transform.apply_image(image)
+    x = model.preprocess(torch.as_tensor(resized).permute(2, 0, 1)[None].float())
+    features = model.image_encoder(x)
+    h, w = image.shape[:2]
+    steps = (np.arange(CHECK_GRID) + 0.5) / CHECK_GRID
+    points = np.array([[sx * w, sy * h] for sy in steps for sx in steps])
+    coords = transform.apply_coords(points, (h, w))
+    ious = []
+    for c in coords:
+        sparse, dense = model.prompt_encoder(
+            points=(
+                torch.as_tensor(c[None, None], dtype=torch.float32),
+                torch.ones(1, 1, dtype=torch.int64),
+            ),
+            boxes=None,
+            masks=None,
+        )
+        low, iou = model.mask_decoder(
+            image_embeddings=features,
+            image_pe=model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=True,
+        )
+        ref = (low[0, int(iou[0].argmax())] > 0).numpy()
+        g_low, g_iou = run(
+            features.numpy(),
+            np.array([[c, [0.0, 0.0]]], np.float32),
+            np.array([[1, -1]], np.int64),
+            np.zeros((1, 1, 256, 256), np.float32),
+            np.zeros(1, np.float32),
+        )
+        got = g_low[0, 1 + int(np.argmax(g_iou[0, 1:]))] > 0
+        union = (ref | got).sum()
+        ious.append((ref & got).sum() / union if union else 1.0)
+    return float(np.mean(ious))
+
+
 class _ExportedEncoder(EncoderRuntime):
     """An exported graph run by OpenVINO or ONNX Runtime on the CPU."""
 
-    def __init__(self, run: Callable[[np.ndarray], np.ndarray], info: RuntimeInfo):
+    def __init__(self, run: Callable[..., list[np.ndarray]], info: RuntimeInfo):
         self._run = run
         self._lock = threading.Lock()  # one inference at a time per compiled graph
         self.info = info
@@ -301,14 +460,62 @@ class _ExportedEncoder(EncoderRuntime):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
         with self._lock:
-            out = self._run(array)
-        return torch.from_numpy(np.array(out, dtype=np.float32, copy=True)).to(x.device)
+            out = self._run(array)[0]
+            return torch.from_numpy(np.array(out, dtype=np.float32, copy=True)).to(x.device)
+
+
+class DecoderRuntime:
+    """Runs SAM's prompt encoder + mask decoder; the engine calls the torch modules itself
+    when :attr:`info` names ``torch`` (the reference path), else :meth:`run`."""
+
+    info: RuntimeInfo
+
+    def run(
+        self,
+        features: np.ndarray,
+        coords: np.ndarray,
+        labels: np.ndarray,
+        mask_input: np.ndarray,
+        has_mask: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The graph's inputs (:class:`DecoderGraph`) -> ``(B, 4, 256, 256)`` logits and
+        ``(B, 4)`` IoU predictions, float32 arrays the caller owns."""
+        raise NotImplementedError
+
+
+class TorchDecoder(DecoderRuntime):
+    """The model's own prompt encoder and mask decoder, fp32 eager (the reference)."""
+
+    def __init__(self, requested: str = "torch", fallback: str | None = None):
+        self.info = RuntimeInfo("torch", torch.__version__, "f32", requested, fallback=fallback)
+
+
+class _ExportedDecoder(DecoderRuntime):
+    """The decoder graph run by OpenVINO or ONNX Runtime on the CPU."""
+
+    def __init__(self, run: Callable[..., list[np.ndarray]], info: RuntimeInfo):
+        self._run = run
+        self._lock = threading.Lock()  # one inference at a time per compiled graph
+        self.info = info
+
+    def run(self, features, coords, labels, mask_input, has_mask):
+        inputs = (
+            np.ascontiguousarray(features, np.float32),
+            np.ascontiguousarray(coords, np.float32),
+            np.ascontiguousarray(labels, np.int64),
+            np.ascontiguousarray(mask_input, np.float32),
+            np.ascontiguousarray(has_mask, np.float32),
+        )
+        with self._lock:
+            low, iou = self._run(*inputs)[:2]
+            return np.array(low, np.float32, copy=True), np.array(iou, np.float32, copy=True)
 
 
 def load_session(
     name: str, graph: Path, precision: str, threads: int
-) -> Callable[[np.ndarray], np.ndarray]:
-    """Compile ``graph`` with runtime ``name``; returns ``image -> features`` (numpy)."""
+) -> Callable[..., list[np.ndarray]]:
+    """Compile ``graph`` with runtime ``name``; returns ``run(*inputs) -> outputs`` (numpy
+    arrays in the graph's order; OpenVINO's may be reused by the next call: copy them)."""
     if name == "openvino":
         import openvino
 
@@ -322,7 +529,13 @@ def load_session(
             },
         )
         request = compiled.create_infer_request()
-        return lambda x: request.infer([x])[0]
+        outputs = compiled.outputs
+
+        def run_openvino(*inputs: np.ndarray) -> list[np.ndarray]:
+            result = request.infer(list(inputs))
+            return [result[o] for o in outputs]
+
+        return run_openvino
     if name == "onnxruntime":
         import onnxruntime
 
@@ -332,27 +545,37 @@ def load_session(
         session = onnxruntime.InferenceSession(
             str(graph), options, providers=["CPUExecutionProvider"]
         )
-        return lambda x: session.run(None, {"image": x})[0]
+        names = [i.name for i in session.get_inputs()]
+        return lambda *inputs: session.run(None, dict(zip(names, inputs, strict=True)))
     raise RuntimeUnavailable(f"unknown runtime {name!r}")
 
 
-def _build(sam: LoadedSam, folder: Path, name: str, precision: str, threads: int) -> None:
-    """Export the graph into a new folder and rename it to ``folder`` (lock held), so a
-    reader sees a whole graph or none; a graph over 2 GB keeps its external data beside it.
+def _build(
+    sam: LoadedSam, folder: Path, name: str, precision: str, threads: int, part: str = "encoder"
+) -> None:
+    """Export the ``part`` graph into a new folder and rename it to ``folder`` (lock held),
+    so a reader sees a whole graph or none; a graph over 2 GB keeps its external data
+    beside it.
     """
     start = time.perf_counter()
     tmp = folder.with_name(f"{folder.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    graph = tmp / _graph_name(part)
     try:
-        export_onnx(sam, tmp / GRAPH)
-        run = load_session(name, tmp / GRAPH, precision, threads)
-        agreement = mask_agreement(
-            sam, lambda x: torch.from_numpy(np.array(run(x.numpy()))), _self_check_image()
-        )
+        if part == "encoder":
+            export_onnx(sam, graph)
+            run = load_session(name, graph, precision, threads)
+            agreement = mask_agreement(
+                sam, lambda x: torch.from_numpy(np.array(run(x.numpy())[0])), _self_check_image()
+            )
+        else:
+            export_decoder_onnx(sam, graph)
+            run = load_session(name, graph, precision, threads)
+            agreement = decoder_agreement(sam, run, _self_check_image())
         manifest = {
-            "size": (tmp / GRAPH).stat().st_size,
-            "sha256": _sha256(tmp / GRAPH),
+            "size": graph.stat().st_size,
+            "sha256": _sha256(graph),
             "agreement": agreement,
             "model_id": sam.model_id,
             "checkpoint": str(sam.checkpoint),
@@ -363,9 +586,10 @@ def _build(sam: LoadedSam, folder: Path, name: str, precision: str, threads: int
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info(
-        "built the %s %s encoder graph in %.1fs (mask agreement with torch %.4f): %s",
+        "built the %s %s %s graph in %.1fs (mask agreement with torch %.4f): %s",
         name,
         precision,
+        part,
         time.perf_counter() - start,
         agreement,
         folder,
@@ -373,31 +597,37 @@ def _build(sam: LoadedSam, folder: Path, name: str, precision: str, threads: int
 
 
 def _load_exported(
-    sam: LoadedSam, name: str, precision: str | None, cache_dir: Path, requested: str
-) -> _ExportedEncoder:
+    sam: LoadedSam,
+    name: str,
+    precision: str | None,
+    cache_dir: Path,
+    requested: str,
+    part: str = "encoder",
+) -> _ExportedEncoder | _ExportedDecoder:
     version = runtime_version(name)
     precision = precision or best_precision(name)
     if precision == "bf16" and best_precision(name) != "bf16":
         raise RuntimeUnavailable("this CPU has no native bf16")
-    folder = graph_folder(cache_dir, sam, name, version, precision)
+    folder = graph_folder(cache_dir, sam, name, version, precision, part)
     threads = torch.get_num_threads()
     with _build_lock(folder):
-        manifest = _read_manifest(folder)
+        manifest = _read_manifest(folder, part)
         if manifest is None:
-            _build(sam, folder, name, precision, threads)
-            manifest = _read_manifest(folder)
+            _build(sam, folder, name, precision, threads, part)
+            manifest = _read_manifest(folder, part)
             if manifest is None:
                 raise RuntimeUnavailable(f"the graph built in {folder} does not read back")
-    run = load_session(name, folder / GRAPH, precision, threads)
+    graph = folder / _graph_name(part)
+    run = load_session(name, graph, precision, threads)
     info = RuntimeInfo(
         name,
         version,
         precision,
         requested,
         agreement=manifest["agreement"],
-        graph=str(folder / GRAPH),
+        graph=str(graph),
     )
-    return _ExportedEncoder(run, info)
+    return _ExportedEncoder(run, info) if part == "encoder" else _ExportedDecoder(run, info)
 
 
 def load_encoder(
@@ -458,3 +688,58 @@ def load_encoder(
 def _short(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}".splitlines()[0]
     return text if len(text) <= 200 else text[:197] + "..."
+
+
+def load_decoder(
+    sam: LoadedSam, runtime: str = "auto", cache_dir: str | Path | None = None
+) -> DecoderRuntime:
+    """The prompt encoder + mask decoder runtime for ``sam``.
+
+    Args:
+        sam: the loaded model; the exported graph is built from it.
+        runtime: ``"auto"`` (the first of :data:`DECODER_AUTO_ORDER` that loads and agrees
+            with fp32 PyTorch; PyTorch on CUDA), ``"torch"``, ``"onnxruntime"``,
+            ``"openvino"`` (f32 unless ``"openvino-bf16"`` is asked for).
+        cache_dir: folder of the exported graphs (default :func:`default_cache_dir`).
+
+    Raises:
+        ValueError: an unknown ``runtime``.  A runtime that fails never raises: it falls
+        back to torch with one warning line.
+    """
+    name, precision = parse_runtime(runtime)
+    if name == "torch":
+        return TorchDecoder(runtime)
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if name == "auto":
+        if next(sam.model.parameters()).device.type != "cpu":
+            return TorchDecoder(runtime)
+        reasons = []
+        for candidate in DECODER_AUTO_ORDER:
+            cname, cprec = parse_runtime(candidate)
+            try:
+                decoder = _load_exported(sam, cname, cprec, folder, runtime, "decoder")
+            except Exception as exc:  # any failure of a runtime means: try the next one
+                reasons.append(f"{candidate}: {_short(exc)}")
+                continue
+            if decoder.info.agreement is not None and decoder.info.agreement < MIN_AGREEMENT:
+                reasons.append(f"{candidate}: mask IoU {decoder.info.agreement:.4f} with torch")
+                continue
+            if reasons:
+                log.info("mask decoder runtime %s (skipped %s)", candidate, "; ".join(reasons))
+            return decoder
+        reason = "; ".join(reasons)
+        log.warning("mask decoder runtime auto: no exported runtime usable, torch (%s)", reason)
+        return TorchDecoder(runtime, fallback=reason)
+    try:
+        decoder = _load_exported(sam, name, precision or "f32", folder, runtime, "decoder")
+    except Exception as exc:  # a failing runtime falls back, never breaks the engine
+        reason = f"{runtime}: {_short(exc)}"
+        log.warning("mask decoder runtime %s failed, falling back to torch (%s)", runtime, reason)
+        return TorchDecoder(runtime, fallback=reason)
+    if decoder.info.agreement is not None and decoder.info.agreement < MIN_AGREEMENT:
+        log.warning(
+            "mask decoder runtime %s: masks agree with torch at IoU %.4f only",
+            decoder.info.tag,
+            decoder.info.agreement,
+        )
+    return decoder
