@@ -12,14 +12,30 @@ export OMP_WAIT_POLICY ?= PASSIVE
 # (the Docker image sets the same).
 export MALLOC_ARENA_MAX ?= 2
 
-.PHONY: setup run lint test bench clean
+.PHONY: setup browser run lint test bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -e '.[dev]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) browser
+
+# Headless Chromium and its driver for the editor test (tests/test_ls_browser.py): Debian's
+# packages, installed when missing if apt-get is there and we are root. Never fails: without
+# a browser that test skips, with its reason.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+	    :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "browser: installing chromium and chromium-driver with apt-get"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	        --no-install-recommends chromium chromium-driver; } \
+	    || echo "browser: could not install them; tests/test_ls_browser.py will skip"; \
+	else \
+	    echo "browser: no chromium/chromedriver and no apt-get as root to install them;" \
+	        "tests/test_ls_browser.py will skip"; \
+	fi
 
 run: $(STAMP)
 	$(BIN)/promptmoe serve --host $(HOST) --port $(PORT)
@@ -29,7 +45,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
-test: lint
+test: lint browser
 	$(BIN)/pytest
 
 bench: $(STAMP)
