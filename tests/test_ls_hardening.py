@@ -536,7 +536,7 @@ def test_odd_urls_are_clear_fetch_errors(files, url):
         fetcher.image(url)
 
 
-def test_a_huge_labeling_config_is_refused_before_parsing():
+def test_a_huge_labeling_config_is_refused_before_parsing(engine, tmp_path):
     from ls_backend import label_config
     from ls_backend.label_config import MAX_CONFIG_CHARS, LabelConfigError, parse_label_config
 
@@ -548,3 +548,6 @@ def test_a_huge_labeling_config_is_refused_before_parsing():
     with pytest.raises(LabelConfigError, match="at most"):
         parse_label_config(config)
     assert label_config._parse.cache_info().misses == parsed  # refused on its length
+    r = _app(engine, tmp_path).post("/setup", json={"project": "1.0", "schema": config})
+    assert r.status_code == 422 and "at most" in r.json["detail"]
+    assert label_config._parse.cache_info().misses == parsed
