@@ -35,7 +35,7 @@ import shutil
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -645,49 +645,11 @@ def load_encoder(
         ValueError: an unknown ``runtime``.  A runtime that fails never raises: it falls
         back to torch with one warning line.
     """
-    name, precision = parse_runtime(runtime)
-    if name == "torch":
-        return TorchEncoder(sam, runtime)
-    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    device = next(sam.model.parameters()).device
-    if name == "auto":
-        if device.type != "cpu":
-            return TorchEncoder(sam, runtime)
-        reasons = []
-        for candidate in AUTO_ORDER:
-            cname, cprec = parse_runtime(candidate)
-            try:
-                encoder = _load_exported(sam, cname, cprec, folder, runtime)
-            except Exception as exc:  # any failure of a runtime means: try the next one
-                reasons.append(f"{candidate}: {_short(exc)}")
-                continue
-            if encoder.info.agreement is not None and encoder.info.agreement < MIN_AGREEMENT:
-                reasons.append(f"{candidate}: mask IoU {encoder.info.agreement:.4f} with torch")
-                continue
-            if reasons:
-                log.info("image encoder runtime %s (skipped %s)", candidate, "; ".join(reasons))
-            return encoder
-        reason = "; ".join(reasons)
-        log.warning("image encoder runtime auto: no exported runtime usable, torch (%s)", reason)
-        return TorchEncoder(sam, runtime, fallback=reason)
-    try:
-        encoder = _load_exported(sam, name, precision, folder, runtime)
-    except Exception as exc:  # a failing runtime falls back, never breaks the engine
-        reason = f"{runtime}: {_short(exc)}"
-        log.warning("image encoder runtime %s failed, falling back to torch (%s)", runtime, reason)
-        return TorchEncoder(sam, runtime, fallback=reason)
-    if encoder.info.agreement is not None and encoder.info.agreement < MIN_AGREEMENT:
-        log.warning(
-            "image encoder runtime %s: masks agree with torch at IoU %.4f only",
-            encoder.info.tag,
-            encoder.info.agreement,
-        )
-    return encoder
 
+    def torch_encoder(fallback: str | None = None) -> EncoderRuntime:
+        return TorchEncoder(sam, runtime, fallback=fallback)
 
-def _short(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}".splitlines()[0]
-    return text if len(text) <= 200 else text[:197] + "..."
+    return _load_part(sam, runtime, cache_dir, "encoder", AUTO_ORDER, None, torch_encoder)
 
 
 def load_decoder(
@@ -706,40 +668,71 @@ def load_decoder(
         ValueError: an unknown ``runtime``.  A runtime that fails never raises: it falls
         back to torch with one warning line.
     """
+
+    def torch_decoder(fallback: str | None = None) -> DecoderRuntime:
+        return TorchDecoder(runtime, fallback=fallback)
+
+    return _load_part(sam, runtime, cache_dir, "decoder", DECODER_AUTO_ORDER, "f32", torch_decoder)
+
+
+#: The words log lines use for each exported part.
+_PART_NAMES = {"encoder": "image encoder", "decoder": "mask decoder"}
+
+
+def _load_part(
+    sam: LoadedSam,
+    runtime: str,
+    cache_dir: str | Path | None,
+    part: str,
+    auto_order: Sequence[str],
+    default_precision: str | None,
+    torch_part: Callable[..., Any],
+) -> Any:
+    """One part (``"encoder"`` or ``"decoder"``) on ``runtime``: torch as asked, on a GPU
+    under ``auto``, or as the fallback (``torch_part(fallback=reason)``) with one warning
+    line; otherwise the exported graph, under ``auto`` the first of ``auto_order`` that
+    loads and agrees with torch."""
+    label = _PART_NAMES[part]
     name, precision = parse_runtime(runtime)
     if name == "torch":
-        return TorchDecoder(runtime)
+        return torch_part()
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if name == "auto":
         if next(sam.model.parameters()).device.type != "cpu":
-            return TorchDecoder(runtime)
+            return torch_part()
         reasons = []
-        for candidate in DECODER_AUTO_ORDER:
+        for candidate in auto_order:
             cname, cprec = parse_runtime(candidate)
             try:
-                decoder = _load_exported(sam, cname, cprec, folder, runtime, "decoder")
+                loaded = _load_exported(sam, cname, cprec, folder, runtime, part)
             except Exception as exc:  # any failure of a runtime means: try the next one
                 reasons.append(f"{candidate}: {_short(exc)}")
                 continue
-            if decoder.info.agreement is not None and decoder.info.agreement < MIN_AGREEMENT:
-                reasons.append(f"{candidate}: mask IoU {decoder.info.agreement:.4f} with torch")
+            if loaded.info.agreement is not None and loaded.info.agreement < MIN_AGREEMENT:
+                reasons.append(f"{candidate}: mask IoU {loaded.info.agreement:.4f} with torch")
                 continue
             if reasons:
-                log.info("mask decoder runtime %s (skipped %s)", candidate, "; ".join(reasons))
-            return decoder
+                log.info("%s runtime %s (skipped %s)", label, candidate, "; ".join(reasons))
+            return loaded
         reason = "; ".join(reasons)
-        log.warning("mask decoder runtime auto: no exported runtime usable, torch (%s)", reason)
-        return TorchDecoder(runtime, fallback=reason)
+        log.warning("%s runtime auto: no exported runtime usable, torch (%s)", label, reason)
+        return torch_part(fallback=reason)
     try:
-        decoder = _load_exported(sam, name, precision or "f32", folder, runtime, "decoder")
+        loaded = _load_exported(sam, name, precision or default_precision, folder, runtime, part)
     except Exception as exc:  # a failing runtime falls back, never breaks the engine
         reason = f"{runtime}: {_short(exc)}"
-        log.warning("mask decoder runtime %s failed, falling back to torch (%s)", runtime, reason)
-        return TorchDecoder(runtime, fallback=reason)
-    if decoder.info.agreement is not None and decoder.info.agreement < MIN_AGREEMENT:
+        log.warning("%s runtime %s failed, falling back to torch (%s)", label, runtime, reason)
+        return torch_part(fallback=reason)
+    if loaded.info.agreement is not None and loaded.info.agreement < MIN_AGREEMENT:
         log.warning(
-            "mask decoder runtime %s: masks agree with torch at IoU %.4f only",
-            decoder.info.tag,
-            decoder.info.agreement,
+            "%s runtime %s: masks agree with torch at IoU %.4f only",
+            label,
+            loaded.info.tag,
+            loaded.info.agreement,
         )
-    return decoder
+    return loaded
+
+
+def _short(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return text if len(text) <= 200 else text[:197] + "..."
