@@ -34,7 +34,7 @@ from .options import Subparsers, add_settings_options, engine, names, settings
 def _run_engine(args: argparse.Namespace) -> int:
     if args.runtimes:
         if not args.data:
-            raise SystemExit("bench engine --runtimes needs --data (GrabCut, DAVIS folders)")
+            raise ValueError("bench engine --runtimes needs --data (GrabCut, DAVIS folders)")
         config = settings(args).engine
         result = bench_runtimes(
             load_sam(config.sam_checkpoint, config.device),
