@@ -405,3 +405,39 @@ def test_corrupt_cached_decoder_graph_is_rebuilt(
     assert len(rebuilt) == 1 and "corrupt cached decoder graph" in caplog.text
     assert decoder.info.name == "onnxruntime" and decoder.info.fallback is None
     assert graph.read_bytes() == good.read_bytes()
+
+
+# ---------------------------------------------------------------------- two processes
+_BUILD_IN_A_PROCESS = """
+import logging, sys
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+from promptmoe_plugin.sam import runtimes
+from promptmoe_plugin.sam.build import load_sam
+decoder = runtimes.load_decoder(load_sam(device="cpu"), "onnxruntime", sys.argv[1])
+print(decoder.info.graph)
+"""
+
+
+@needs_onnxruntime
+def test_two_processes_build_a_graph_once(tmp_path):
+    """Two server processes started at once on a fresh cache: one exports the graph, the
+    other waits on the file lock and loads it (no half-written graph, no second export)."""
+    import subprocess
+    import sys
+
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _BUILD_IN_A_PROCESS, str(tmp_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    builds = sum(err.count("built the onnxruntime f32 decoder graph") for _, err in outs)
+    assert builds == 1, [err[-2000:] for _, err in outs]
+    graphs = {out.strip() for out, _ in outs}
+    assert len(graphs) == 1 and graphs.pop().startswith(str(tmp_path))
+    assert not list(tmp_path.rglob("*.tmp"))
