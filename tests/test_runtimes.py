@@ -43,7 +43,7 @@ def built(engine, tmp_path_factory):
         encoders = [None, None]
 
         def load(i):
-            encoders[i] = load_encoder(engine.sam, "openvino", cache)
+            encoders[i] = load_encoder(engine.sam, "openvino", cache, isolate=False)
 
         threads = [threading.Thread(target=load, args=(i,)) for i in range(2)]
         for t in threads:
@@ -113,7 +113,7 @@ def test_corrupt_cached_graph_is_rebuilt(engine, built, tmp_path, monkeypatch, c
     monkeypatch.setattr(runtimes, "export_onnx", export_by_copy)
     monkeypatch.setattr(runtimes, "mask_agreement", lambda *args: 1.0)  # checked elsewhere
     with caplog.at_level(logging.WARNING, logger="promptmoe_plugin.sam.runtimes"):
-        encoder = load_encoder(engine.sam, "openvino", copy)
+        encoder = load_encoder(engine.sam, "openvino", copy, isolate=False)
     assert len(rebuilt) == 1
     assert "corrupt" in caplog.text
     assert encoder.info.name == "openvino" and encoder.info.fallback is None
@@ -257,7 +257,7 @@ def decoder_built(engine, tmp_path_factory):
         decoders = [None, None]
 
         def load(i):
-            decoders[i] = runtimes.load_decoder(engine.sam, "onnxruntime", cache)
+            decoders[i] = runtimes.load_decoder(engine.sam, "onnxruntime", cache, isolate=False)
 
         threads = [threading.Thread(target=load, args=(i,)) for i in range(2)]
         for t in threads:
@@ -401,7 +401,7 @@ def test_corrupt_cached_decoder_graph_is_rebuilt(
 
     monkeypatch.setattr(runtimes, "export_decoder_onnx", export_by_copy)
     with caplog.at_level(logging.WARNING, logger="promptmoe_plugin.sam.runtimes"):
-        decoder = runtimes.load_decoder(engine.sam, "onnxruntime", copy)
+        decoder = runtimes.load_decoder(engine.sam, "onnxruntime", copy, isolate=False)
     assert len(rebuilt) == 1 and "corrupt cached decoder graph" in caplog.text
     assert decoder.info.name == "onnxruntime" and decoder.info.fallback is None
     assert graph.read_bytes() == good.read_bytes()

@@ -5,7 +5,8 @@ An exported graph is built from the loaded checkpoint at first use and cached on
 ``<cache>/<model id>/<runtime>-<version>-<precision>-torch<version>-opset<N>/``, never
 downloaded.  Each cached graph has a manifest with its SHA-256, checked on every load, so a
 corrupt file is rebuilt; a process lock plus a file lock, and an atomic rename, make
-concurrent first uses build it once.  A runtime that cannot be imported, exported or
+concurrent first uses build it once.  The build runs in a child process, so exporting
+does not raise the server's peak memory.  A runtime that cannot be imported, exported or
 loaded falls back to PyTorch with one warning line.
 
 Every runtime takes the preprocessed ``(1, 3, 1024, 1024)`` float32 image and returns the
@@ -32,6 +33,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -551,13 +554,70 @@ def load_session(
 
 
 def _build(
-    sam: LoadedSam, folder: Path, name: str, precision: str, threads: int, part: str = "encoder"
+    sam: LoadedSam,
+    folder: Path,
+    name: str,
+    precision: str,
+    threads: int,
+    part: str = "encoder",
+    isolate: bool = True,
 ) -> None:
-    """Export the ``part`` graph into a new folder and rename it to ``folder`` (lock held),
-    so a reader sees a whole graph or none; a graph over 2 GB keeps its external data
-    beside it.
+    """Build the ``part`` graph into ``folder`` (lock held) and log it.
+
+    With ``isolate`` the export runs in a fresh child process that loads the same
+    checkpoint: exporting and compiling take about 0.9 GB more than serving (MobileSAM),
+    which a long-lived server would otherwise keep as its peak RSS.
     """
     start = time.perf_counter()
+    if isolate:
+        _build_in_child(sam, folder, name, precision, threads, part)
+        agreement = json.loads((folder / MANIFEST).read_text())["agreement"]
+    else:
+        agreement = _export_into(sam, folder, name, precision, threads, part)
+    log.info(
+        "built the %s %s %s graph in %.1fs (mask agreement with torch %.4f): %s",
+        name,
+        precision,
+        part,
+        time.perf_counter() - start,
+        agreement,
+        folder,
+    )
+
+
+def _build_in_child(
+    sam: LoadedSam, folder: Path, name: str, precision: str, threads: int, part: str
+) -> None:
+    """:func:`_export_into` in a fresh Python process that loads ``sam``'s checkpoint on the
+    CPU (a new interpreter, not a fork or a spawn of the caller's main module)."""
+    job = [str(sam.checkpoint), str(folder), name, precision, threads, part]
+    code = "from promptmoe_plugin.sam.runtimes import _child_build; _child_build()"
+    done = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(job)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
+        raise RuntimeUnavailable(f"building the {part} graph failed: {lines[-1]}")
+
+
+def _child_build() -> None:
+    """Entry point of :func:`_build_in_child`'s process: the job is ``sys.argv[1]``."""
+    from .build import load_sam
+
+    checkpoint, folder, name, precision, threads, part = json.loads(sys.argv[1])
+    torch.set_num_threads(threads)
+    sam = load_sam(checkpoint, device="cpu")
+    _export_into(sam, Path(folder), name, precision, threads, part)
+
+
+def _export_into(
+    sam: LoadedSam, folder: Path, name: str, precision: str, threads: int, part: str
+) -> float:
+    """Export the ``part`` graph into a new folder and rename it to ``folder``, so a reader
+    sees a whole graph or none (a graph over 2 GB keeps its external data beside it);
+    returns the mask agreement with torch measured on the built graph."""
     tmp = folder.with_name(f"{folder.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -585,15 +645,7 @@ def _build(
         tmp.rename(folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log.info(
-        "built the %s %s %s graph in %.1fs (mask agreement with torch %.4f): %s",
-        name,
-        precision,
-        part,
-        time.perf_counter() - start,
-        agreement,
-        folder,
-    )
+    return agreement
 
 
 def _load_exported(
@@ -603,6 +655,7 @@ def _load_exported(
     cache_dir: Path,
     requested: str,
     part: str = "encoder",
+    isolate: bool = True,
 ) -> _ExportedEncoder | _ExportedDecoder:
     version = runtime_version(name)
     precision = precision or best_precision(name)
@@ -613,7 +666,7 @@ def _load_exported(
     with _build_lock(folder):
         manifest = _read_manifest(folder, part)
         if manifest is None:
-            _build(sam, folder, name, precision, threads, part)
+            _build(sam, folder, name, precision, threads, part, isolate)
             manifest = _read_manifest(folder, part)
             if manifest is None:
                 raise RuntimeUnavailable(f"the graph built in {folder} does not read back")
@@ -631,7 +684,10 @@ def _load_exported(
 
 
 def load_encoder(
-    sam: LoadedSam, runtime: str = "auto", cache_dir: str | Path | None = None
+    sam: LoadedSam,
+    runtime: str = "auto",
+    cache_dir: str | Path | None = None,
+    isolate: bool = True,
 ) -> EncoderRuntime:
     """The image-encoder runtime for ``sam`` (see the module doc).
 
@@ -640,6 +696,8 @@ def load_encoder(
         runtime: ``"auto"``, ``"torch"``, ``"openvino"``, ``"onnxruntime"``, or a name
             with a precision (``"openvino-f32"``, ``"openvino-bf16"``).
         cache_dir: folder of the exported graphs (default :func:`default_cache_dir`).
+        isolate: build a missing graph in a child process (the server's peak RSS stays
+            that of serving); False builds it in this process.
 
     Raises:
         ValueError: an unknown ``runtime``.  A runtime that fails never raises: it falls
@@ -649,11 +707,14 @@ def load_encoder(
     def torch_encoder(fallback: str | None = None) -> EncoderRuntime:
         return TorchEncoder(sam, runtime, fallback=fallback)
 
-    return _load_part(sam, runtime, cache_dir, "encoder", AUTO_ORDER, None, torch_encoder)
+    return _load_part(sam, runtime, cache_dir, "encoder", AUTO_ORDER, None, torch_encoder, isolate)
 
 
 def load_decoder(
-    sam: LoadedSam, runtime: str = "auto", cache_dir: str | Path | None = None
+    sam: LoadedSam,
+    runtime: str = "auto",
+    cache_dir: str | Path | None = None,
+    isolate: bool = True,
 ) -> DecoderRuntime:
     """The prompt encoder + mask decoder runtime for ``sam``.
 
@@ -663,6 +724,7 @@ def load_decoder(
             with fp32 PyTorch; PyTorch on CUDA), ``"torch"``, ``"onnxruntime"``,
             ``"openvino"`` (f32 unless ``"openvino-bf16"`` is asked for).
         cache_dir: folder of the exported graphs (default :func:`default_cache_dir`).
+        isolate: as for :func:`load_encoder`.
 
     Raises:
         ValueError: an unknown ``runtime``.  A runtime that fails never raises: it falls
@@ -672,7 +734,9 @@ def load_decoder(
     def torch_decoder(fallback: str | None = None) -> DecoderRuntime:
         return TorchDecoder(runtime, fallback=fallback)
 
-    return _load_part(sam, runtime, cache_dir, "decoder", DECODER_AUTO_ORDER, "f32", torch_decoder)
+    return _load_part(
+        sam, runtime, cache_dir, "decoder", DECODER_AUTO_ORDER, "f32", torch_decoder, isolate
+    )
 
 
 #: The words log lines use for each exported part.
@@ -687,6 +751,7 @@ def _load_part(
     auto_order: Sequence[str],
     default_precision: str | None,
     torch_part: Callable[..., Any],
+    isolate: bool,
 ) -> Any:
     """One part (``"encoder"`` or ``"decoder"``) on ``runtime``: torch as asked, on a GPU
     under ``auto``, or as the fallback (``torch_part(fallback=reason)``) with one warning
@@ -704,7 +769,7 @@ def _load_part(
         for candidate in auto_order:
             cname, cprec = parse_runtime(candidate)
             try:
-                loaded = _load_exported(sam, cname, cprec, folder, runtime, part)
+                loaded = _load_exported(sam, cname, cprec, folder, runtime, part, isolate)
             except Exception as exc:  # any failure of a runtime means: try the next one
                 reasons.append(f"{candidate}: {_short(exc)}")
                 continue
@@ -718,7 +783,8 @@ def _load_part(
         log.warning("%s runtime auto: no exported runtime usable, torch (%s)", label, reason)
         return torch_part(fallback=reason)
     try:
-        loaded = _load_exported(sam, name, precision or default_precision, folder, runtime, part)
+        precision = precision or default_precision
+        loaded = _load_exported(sam, name, precision, folder, runtime, part, isolate)
     except Exception as exc:  # a failing runtime falls back, never breaks the engine
         reason = f"{runtime}: {_short(exc)}"
         log.warning("%s runtime %s failed, falling back to torch (%s)", label, runtime, reason)
