@@ -40,12 +40,13 @@ class LabelConfig:
 
     def check_smart_tools(self) -> None:
         """Raise ``LabelConfigError`` naming every smart tool whose labels are not brush
-        labels (what ``/setup`` reports; Label Studio shows it on the Model settings page)."""
+        labels (what ``/setup`` reports; Label Studio shows it on the Model settings page,
+        as HTML: so the message holds no angle brackets)."""
         if self.smart_problems:
             raise LabelConfigError(
                 "; ".join(self.smart_problems)
-                + f". Give the smart tools the same <Label> values as <BrushLabels "
-                f'name="{self.brush_from}">: {", ".join(self.labels)}'
+                + ". Give the smart tools the same Label values as the BrushLabels tool "
+                f'"{self.brush_from}": {", ".join(self.labels)}'
             )
 
 
@@ -109,7 +110,7 @@ def _parse(config: str) -> LabelConfig:
         )
 
     problems = tuple(
-        f'<{c.tag} name="{c.name}" smart> has labels '
+        f'The smart {c.tag} tool "{c.name}" has labels '
         + ", ".join(map(repr, bad))
         + " that are not brush labels"
         for c in interface.controls
