@@ -11,7 +11,9 @@ baselines ``samrefiner``, ``dualsight``, ``sam-box`` and ``unrefined`` (the inpu
 PromptMoE variants first ask SAM for its answer to the draft's box; when that answer
 agrees with the draft (IoU above ``box_gate``) it is the result and no expert runs;
 otherwise the experts' answer competes with the plain mask-prompt answer (SAMRefiner's
-prompts) and the one SAM is more stable about is returned (``stable_pick``).
+prompts) and the one SAM is more stable about is returned (``stable_pick``).  Last, the
+draft check (:func:`keeps_draft`) returns the draft itself when SAM is unsure of that
+answer and it does not follow strong image edges (``source == "draft"``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import cv2
 import numpy as np
 
 from .baselines import dualsight_prompt, sam_box_prompt, samrefiner_points
@@ -45,6 +48,9 @@ from .sam.frames import mask_to_working
 log = logging.getLogger(__name__)
 
 VARIANTS = ("full", "lite", "dense", "samrefiner", "dualsight", "sam-box", "unrefined")
+
+#: Gaussian blur (working-frame pixels) before the image gradient the draft check reads.
+EDGE_SIGMA = 1.5
 
 
 def _is_int(value: Any) -> bool:
@@ -72,6 +78,11 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         "a number in [0, 1] or None (off)",
     ),
     "stable_pick": (lambda v: isinstance(v, bool), "true or false"),
+    "keep_stability": (
+        lambda v: v is None or (_is_real(v) and 0 <= v <= 1),
+        "a number in [0, 1] or None (off)",
+    ),
+    "keep_edges": (lambda v: _is_real(v) and v >= 0, "a number >= 0"),
     "iterations": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "gamma": (lambda v: _is_real(v) and v > 0, "a number > 0"),
     "strength": (lambda v: _is_real(v) and v >= 0, "a number >= 0"),
@@ -106,6 +117,12 @@ class RefineConfig:
             None is off.
         stable_pick: where the experts ran, return their answer or the plain mask-prompt
             one, whichever SAM is more stable about.
+        keep_stability, keep_edges: the draft check (:func:`keeps_draft`): return the
+            draft itself when SAM is unsure of its refined answer (stability score below
+            ``keep_stability``) and that answer's contour does not follow strong image
+            edges (mean edge strength along it below ``keep_edges``, 1 = the image's
+            average pixel); ``keep_stability=None`` is off.  Fitted on a tuning mix of
+            DAVIS, GrabCut and COCO_MVal-dev (README, "Draft check").
         iterations: prompt -> decode rounds (full, lite, dense, samrefiner); SAMRefiner
             uses 5, 3 saves CPU time.
         gamma, strength: shape and magnitude of the Gaussian mask prompt.
@@ -125,6 +142,8 @@ class RefineConfig:
     agreement_power: float = 2.0
     box_gate: float | None = 0.6
     stable_pick: bool = True
+    keep_stability: float | None = 0.97
+    keep_edges: float = 2.75
     iterations: int = 3
     gamma: float = GAMMA
     strength: float = STRENGTH
@@ -153,9 +172,15 @@ class RefineConfig:
 
 
 #: The paper's PPE settings: k=5, lambda=0.05, gamma=4, strength=30 with a plain Gaussian
-#: mask prompt, and no gate.
+#: mask prompt, no gate and no draft check.
 PAPER_REFINE = RefineConfig(
-    k=5, prompt_mix=1.0, agreement_power=0.0, anchor=False, box_gate=None, stable_pick=False
+    k=5,
+    prompt_mix=1.0,
+    agreement_power=0.0,
+    anchor=False,
+    box_gate=None,
+    stable_pick=False,
+    keep_stability=None,
 )
 
 
@@ -183,7 +208,10 @@ class Refinement:
             box gate returned SAM's box answer).
         source: where the mask came from: ``"box"`` (SAM's box answer: ``sam-box`` or the
             gate), ``"experts"`` (the PromptMoE prompts), ``"plain"`` (the plain mask-prompt
-            prompts: ``samrefiner``, or the stable pick), ``"dualsight"`` or ``"coarse"``.
+            prompts: ``samrefiner``, or the stable pick), ``"dualsight"``, ``"coarse"``
+            (the input: ``unrefined``, or an empty answer), or ``"draft"`` (the draft check
+            kept the input; ``score`` is then SAM's predicted IoU of the answer it beat).
+        signals: the draft check's inputs (:func:`draft_signals`; PromptMoE variants).
     """
 
     mask: np.ndarray
@@ -192,6 +220,7 @@ class Refinement:
     prompts: Prompts = field(default_factory=Prompts)
     experts: dict[str, float] = field(default_factory=dict)
     source: str = "coarse"
+    signals: dict[str, float] = field(default_factory=dict)
 
 
 class _Answer(NamedTuple):
@@ -288,12 +317,78 @@ def _agreement(
 ) -> tuple[float, _Answer]:
     """:func:`_box_answer` for ``m0`` ``(h, w) bool`` (working frame) and how well it agrees
     with ``m0``: the IoU in [0, 1] of the answer with ``m0`` (low when the image disagrees
-    with the coarse mask), and the answer.
+    with the coarse mask), and the answer with its working-frame logits.
     """
     box = _box_answer(engine, emb, m0, clock)
-    answer = engine.upscale(emb, box.logits[None], "working")[0] > 0
+    working = engine.upscale(emb, box.logits[None], "working")[0]
     clock.lap("upscale")
-    return mask_iou(answer, m0, empty=0.0), box
+    return mask_iou(working > 0, m0, empty=0.0), box._replace(working=working)
+
+
+def _edge_map(image: np.ndarray) -> np.ndarray:
+    """Gradient magnitude of the luminance of ``image`` ``(h, w, 3) uint8`` RGB after a
+    Gaussian blur of :data:`EDGE_SIGMA`, divided by its mean over the image: ``(h, w)
+    float32``, 1 = an average pixel of this image."""
+    gray = cv2.GaussianBlur(
+        cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32), (0, 0), EDGE_SIGMA
+    )
+    mag = cv2.magnitude(cv2.Sobel(gray, cv2.CV_32F, 1, 0), cv2.Sobel(gray, cv2.CV_32F, 0, 1))
+    return mag / max(float(mag.mean()), 1e-6)
+
+
+def _contour(mask: np.ndarray) -> np.ndarray:
+    """The inner one-pixel contour ``(h, w) bool`` of ``mask`` ``(h, w) bool`` (the image
+    border is not contour)."""
+    return mask & ~cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+
+
+def draft_signals(
+    emb: ImageEmbedding, m0: np.ndarray, logits: np.ndarray, box_iou: float, score: float
+) -> dict[str, float]:
+    """What the draft check knows at run time about the draft ``m0`` and SAM's refined
+    answer, both working frame (``m0`` ``(h, w) bool``, ``logits`` ``(h, w) float32``):
+
+    * ``box_iou``: IoU of the draft with SAM's answer to its box; ``agreement``: IoU of the
+      draft with the refined answer; ``score``: SAM's predicted IoU of the refined answer;
+      ``stability``: its stability score;
+    * ``edge_draft`` / ``edge_result``: mean image edge strength (:func:`_edge_map`) along
+      the draft's / the answer's contour; ``edge_gain``: log of their ratio (> 0 when the
+      answer follows stronger edges);
+    * ``area_ratio``: answer area over draft area; ``compactness``: ``4 pi A / P^2`` of
+      the draft (``P`` its contour pixels).
+    """
+    new = logits > 0
+    edges = _edge_map(emb.image)
+
+    def along(mask: np.ndarray) -> float:
+        ring = _contour(mask)
+        return float(edges[ring].mean()) if ring.any() else 0.0
+
+    area = int(np.count_nonzero(m0))
+    perimeter = int(np.count_nonzero(_contour(m0)))
+    edge_draft, edge_result = along(m0), along(new)
+    return {
+        "box_iou": float(box_iou),
+        "agreement": float(mask_iou(new, m0, empty=0.0)),
+        "score": float(score),
+        "stability": float(stability_score(logits)),
+        "edge_draft": edge_draft,
+        "edge_result": edge_result,
+        "edge_gain": float(np.log((edge_result + 0.05) / (edge_draft + 0.05))),
+        "area_ratio": float(np.count_nonzero(new)) / max(area, 1),
+        "compactness": min(1.0, 4 * np.pi * area / max(perimeter, 1) ** 2),
+    }
+
+
+def keeps_draft(signals: Mapping[str, float], config: RefineConfig) -> bool:
+    """The draft check on :func:`draft_signals`: True when the draft should stay, i.e. SAM
+    is unsure of its answer and the answer does not follow strong image edges
+    (``config.keep_stability``, ``config.keep_edges``); False when the check is off."""
+    return (
+        config.keep_stability is not None
+        and signals["stability"] < config.keep_stability
+        and signals["edge_result"] < config.keep_edges
+    )
 
 
 def _expert_saliency(
@@ -424,6 +519,7 @@ def refine(
     m0 = mask_to_working(emb, coarse)
     clock.lap("prepare")
     weights: dict[str, float] = {}
+    signals: dict[str, float] = {}
     if variant == "sam-box":
         answer, source = _box_answer(engine, emb, m0, clock), "box"
     elif variant == "dualsight":
@@ -442,7 +538,8 @@ def refine(
             answer, source = plain(), "plain"
         else:
             agreement, box = 1.0, None
-            if cfg.box_gate is not None or cfg.agreement_power:
+            check = cfg.keep_stability is not None
+            if cfg.box_gate is not None or cfg.agreement_power or check:
                 agreement, box = _agreement(engine, emb, m0, clock)
             if cfg.box_gate is not None and agreement > cfg.box_gate:
                 # SAM's own reading of the box already matches the draft: its answer follows
@@ -460,16 +557,35 @@ def refine(
                         or stability_score(rival.working) > stability_score(answer.working)
                     ):
                         answer, source = rival, "plain"
+            if answer is not None and box is not None and answer.working is not None:
+                signals = draft_signals(emb, m0, answer.working, agreement, answer.score)
+                keep = keeps_draft(signals, cfg)
+                clock.lap("draft_check")
+                if keep:
+                    # The refined answer is likely no better than the draft: do no harm.
+                    return Refinement(
+                        coarse.copy(),
+                        answer.score,
+                        clock.timings,
+                        _drawn(answer.prompt),
+                        weights,
+                        "draft",
+                        signals,
+                    )
         if answer is None:
             log.warning("refinement produced an empty mask; returning the coarse mask")
-            return Refinement(coarse.copy(), 0.0, clock.timings, experts=weights)
+            return Refinement(coarse.copy(), 0.0, clock.timings, experts=weights, signals=signals)
     mask = engine.upscale(emb, answer.logits[None], "image")[0] > 0
     clock.lap("upscale")
     if not mask.any():
         log.warning("refinement produced an empty mask; returning the coarse mask")
         mask, source = coarse.copy(), "coarse"
-    prompt = answer.prompt
-    drawn = Prompts(box=prompt.box)
-    if prompt.points is not None:
-        drawn = Prompts(prompt.points, prompt.labels, prompt.box)
-    return Refinement(mask, answer.score, clock.timings, drawn, weights, source)
+    drawn = _drawn(answer.prompt)
+    return Refinement(mask, answer.score, clock.timings, drawn, weights, source, signals)
+
+
+def _drawn(prompt: Prompt) -> Prompts:
+    """A decoded prompt (image pixels) as :class:`Prompts` for drawing."""
+    if prompt.points is None:
+        return Prompts(box=prompt.box)
+    return Prompts(prompt.points, prompt.labels, prompt.box)

@@ -171,3 +171,17 @@ def test_stage_timings_at_both_sizes(engine):
         assert stages["decode"] > 0 and stages["prepare"] >= 0
         assert stages["non_sam_total"] == sum(stages.get(s, 0.0) for s in NON_SAM_STAGES)
     assert "sam-box: mean seconds" in format_stage_table(result, "sam-box")
+
+
+def test_the_summary_leaves_out_images_with_a_skipped_coarse_kind():
+    """An image whose ``lowres`` mask was skipped must not break the summary's pairing of
+    kinds per image: its records are left out of the summary only."""
+    from promptmoe_plugin.eval.refine_bench import _complete
+
+    records = [
+        {"dataset": "d", "image": "a", "coarse": "lowres"},
+        {"dataset": "d", "image": "a", "coarse": "morph"},
+        {"dataset": "d", "image": "b", "coarse": "morph"},
+    ]
+    assert _complete(records, ("lowres", "morph")) == records[:2]
+    assert _complete(records, ("morph",)) == records

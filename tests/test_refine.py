@@ -1,5 +1,6 @@
 """End-to-end refinement: every variant on a real photo, `full` improving a morph mask,
-and the settings (:class:`RefineConfig`)."""
+the draft check (a near-correct draft comes back unharmed, a poor one improved), and the
+settings (:class:`RefineConfig`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,14 @@ import pytest
 from promptmoe_plugin.eval.coarse import make_coarse
 from promptmoe_plugin.experts import EXPERTS
 from promptmoe_plugin.masks import mask_iou
-from promptmoe_plugin.refine import PAPER_REFINE, VARIANTS, RefineConfig, refine
+from promptmoe_plugin.refine import (
+    PAPER_REFINE,
+    VARIANTS,
+    RefineConfig,
+    draft_signals,
+    keeps_draft,
+    refine,
+)
 from promptmoe_plugin.router import load_router
 from promptmoe_plugin.sam.frames import mask_to_working
 
@@ -38,7 +46,7 @@ def test_full_improves_a_morph_degraded_mask(engine, case, router):
     encodes = engine.stats().encodes
     engine.embed(image)
     before = engine.stats().encodes
-    config = RefineConfig(grid=3, box_gate=None, stable_pick=False)
+    config = RefineConfig(grid=3, box_gate=None, stable_pick=False, keep_stability=None)
     out = refine(engine, image, coarse, "full", config, router=router)
     assert out.source == "experts"
     assert engine.stats().encodes == before  # the embedding is computed once and reused
@@ -77,7 +85,8 @@ def test_box_gate_returns_sams_box_answer_when_it_agrees_with_the_draft(
 ):
     image, gt, coarse = case
     box = refine(engine, image, coarse, "sam-box")
-    gated = refine(engine, image, coarse, variant, RefineConfig(box_gate=0.0), router=router)
+    gate_only = RefineConfig(box_gate=0.0, keep_stability=None)
+    gated = refine(engine, image, coarse, variant, gate_only, router=router)
     np.testing.assert_array_equal(gated.mask, box.mask)
     assert gated.score == pytest.approx(box.score)
     assert (
@@ -87,7 +96,7 @@ def test_box_gate_returns_sams_box_answer_when_it_agrees_with_the_draft(
     )
     np.testing.assert_array_equal(gated.prompts.box, box.prompts.box)
     # IoU never exceeds 1: the gate stays open
-    open_config = RefineConfig(box_gate=1.0, iterations=1)
+    open_config = RefineConfig(box_gate=1.0, iterations=1, keep_stability=None)
     open_gate = refine(engine, image, coarse, variant, open_config, router=router)
     assert len(open_gate.experts) == 2 and "experts" in open_gate.timings
     assert open_gate.source in ("experts", "plain")
@@ -100,7 +109,7 @@ def test_stable_pick_returns_the_more_stable_answer(engine, case, router, monkey
     import promptmoe_plugin.refine as refine_module
 
     image, gt, coarse = case
-    config = RefineConfig(grid=3, iterations=2, box_gate=None)
+    config = RefineConfig(grid=3, iterations=2, box_gate=None, keep_stability=None)
     no_pick = dataclasses.replace(config, stable_pick=False)
     experts = refine(engine, image, coarse, "full", no_pick, router=router)
     plain = refine(engine, image, coarse, "samrefiner", RefineConfig(iterations=2))
@@ -159,6 +168,7 @@ def test_config_defaults_and_the_paper_settings():
             anchor=False,
             box_gate=None,
             stable_pick=False,
+            keep_stability=None,
         )
         == PAPER_REFINE
     )
@@ -182,6 +192,9 @@ def test_config_defaults_and_the_paper_settings():
         ("box_gate", 1.5),
         ("box_gate", True),
         ("stable_pick", "yes"),
+        ("keep_stability", 1.5),
+        ("keep_stability", "0.9"),
+        ("keep_edges", -1.0),
         ("iterations", 0),
         ("gamma", 0.0),
         ("strength", -1.0),
@@ -242,3 +255,114 @@ def test_a_depth_estimator_adds_the_depth_expert(engine, case):
     depth_only = dataclasses.replace(config, experts=("depth",))
     with pytest.raises(ValueError, match="not available"):
         refine(engine, image, coarse, "dense", depth_only)  # no estimator, no depth expert
+
+
+def _scene() -> tuple[np.ndarray, np.ndarray]:
+    """A constructed photo (240x320): a textured orange object (a disk joined to a bar) on a
+    noisy two-tone blue background; returns ``(image (H, W, 3) uint8, gt (H, W) bool)``."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    image = np.zeros((240, 320, 3), np.float32)
+    image[:, :160] = (70, 110, 170)
+    image[:, 160:] = (95, 140, 205)
+    gt = np.zeros((240, 320), np.uint8)
+    cv2.circle(gt, (140, 120), 60, 1, -1)
+    cv2.rectangle(gt, (140, 100), (270, 135), 1, -1)
+    gt = gt.astype(bool)
+    stripes = 25 * np.sin(np.arange(320) / 4.0)[None, :, None]
+    image = np.where(gt[..., None], np.float32((215, 120, 45)) + stripes, image)
+    image += rng.normal(0, 8, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8), gt
+
+
+def test_a_near_correct_draft_comes_back_unharmed(engine, router):
+    """A draft 2 px too large (IoU about 0.97): kept, or replaced by a mask no worse."""
+    import cv2
+
+    image, gt = _scene()
+    draft = cv2.dilate(gt.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    assert 0.9 < iou(draft, gt) < 0.99
+    out = refine(engine, image, draft, "full", router=router)
+    if out.source == "draft":
+        np.testing.assert_array_equal(out.mask, draft)
+    assert iou(out.mask, gt) >= iou(draft, gt)
+
+
+def test_keeps_draft_follows_its_thresholds():
+    config = RefineConfig(keep_stability=0.97, keep_edges=2.75)
+    unsure = {"stability": 0.9, "edge_result": 1.0}
+    assert keeps_draft(unsure, config)
+    assert not keeps_draft({**unsure, "stability": 0.99}, config)  # SAM is sure
+    assert not keeps_draft({**unsure, "edge_result": 4.0}, config)  # on strong edges
+    assert not keeps_draft(unsure, RefineConfig(keep_stability=None))  # the check is off
+
+
+def test_a_poor_draft_is_improved(engine, router):
+    """A draft eroded by 8 px (IoU about 0.7) on the constructed photo: SAM is sure of a
+    better answer along strong edges, so the check lets it replace the draft."""
+    import cv2
+
+    image, gt = _scene()
+    draft = cv2.erode(gt.astype(np.uint8), np.ones((17, 17), np.uint8)).astype(bool)
+    assert iou(draft, gt) < 0.8
+    out = refine(engine, image, draft, "full", router=router)
+    assert out.source != "draft"
+    assert iou(out.mask, gt) > iou(draft, gt) + 0.1
+
+
+def test_a_near_correct_draft_of_a_real_photo_comes_back_unchanged(engine, case, router):
+    """The VOC object's ``lowres`` draft (IoU 0.98): SAM's refined answer is unsure and
+    worse (about 0.84), so the draft comes back as it was."""
+    image, gt, _ = case
+    draft = make_coarse(gt, image, "lowres")
+    assert iou(draft, gt) > 0.95
+    out = refine(engine, image, draft, "full", router=router)
+    assert out.source == "draft" and out.signals["stability"] < 0.97
+    np.testing.assert_array_equal(out.mask, draft)
+    unchecked = refine(
+        engine, image, draft, "full", RefineConfig(keep_stability=None), router=router
+    )
+    assert iou(unchecked.mask, gt) < iou(draft, gt)  # what the check prevented
+
+
+def test_the_draft_check_reports_its_decision(engine, case, router):
+    image, gt, coarse = case
+    always = RefineConfig(keep_stability=1.0, keep_edges=1e9)
+    kept = refine(engine, image, coarse, "lite", always, router=router)
+    assert kept.source == "draft" and "draft_check" in kept.timings
+    np.testing.assert_array_equal(kept.mask, coarse)
+    assert 0 < kept.score <= 1.5 and kept.prompts.box.shape == (4,)
+    names = {"box_iou", "agreement", "score", "stability", "edge_draft", "edge_result"}
+    assert names <= set(kept.signals) and 0 <= kept.signals["agreement"] <= 1
+    off = refine(engine, image, coarse, "lite", RefineConfig(keep_stability=None), router=router)
+    assert off.source != "draft" and not np.array_equal(off.mask, coarse)
+    assert off.signals == kept.signals  # the same signals, only the decision differs
+    # the baselines have no draft check
+    assert refine(engine, image, coarse, "samrefiner").signals == {}
+
+
+def test_draft_signals_read_the_image_edges(engine):
+    """The edge signals are higher along the object's real contour than along a shifted
+    copy of it, and the refined answer's agreement is the IoU with the draft."""
+    image, gt = _scene()
+    emb = engine.embed(image)
+    m0 = mask_to_working(emb, gt)
+    shifted = np.roll(m0, 12, axis=1)
+    logits = np.where(m0, 5.0, -5.0).astype(np.float32)
+    on = draft_signals(emb, shifted, logits, 0.9, 0.95)
+    assert on["edge_result"] > 2 * on["edge_draft"] and on["edge_gain"] > 0
+    assert on["agreement"] == pytest.approx(iou(m0, shifted))
+    assert on["stability"] == 1.0 and on["area_ratio"] == pytest.approx(1.0, abs=0.01)
+
+
+def test_refine_is_deterministic(engine, case, router):
+    image, gt, coarse = case
+    first = refine(engine, image, coarse, "full", router=router, seed=1)
+    second = refine(engine, image, coarse, "full", router=router, seed=1)
+    np.testing.assert_array_equal(first.mask, second.mask)
+    assert (first.source, first.score, first.signals) == (
+        second.source,
+        second.score,
+        second.signals,
+    )

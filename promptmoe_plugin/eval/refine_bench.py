@@ -206,11 +206,29 @@ def run_refine_bench(
                             result.box,
                         )
                         ext.add(gain, case)
-    summary = summarize_refine(per_image, names, baseline, bootstrap=bootstrap, seed=seed)
+    summary = summarize_refine(
+        _complete(per_image, kinds), names, baseline, bootstrap=bootstrap, seed=seed
+    )
     payload = {**summary, "per_image": per_image, "skipped": skipped, "config": config}
     if out:
         _write_refine_report(Path(out), payload, extremes)
     return payload
+
+
+def _complete(records: list[dict[str, Any]], kinds: Sequence[str]) -> list[dict[str, Any]]:
+    """The records of images that have every coarse kind: the summary pairs each image's
+    kinds, so an image with a skipped kind is left out of it (it stays in ``per_image``
+    and its skipped kind in ``skipped``)."""
+    found: dict[tuple[str, str], set[str]] = {}
+    for r in records:
+        found.setdefault((r["dataset"], r["image"]), set()).add(r["coarse"])
+    whole = {key for key, got in found.items() if got >= set(kinds)}
+    if len(whole) < len(found):
+        log.warning(
+            "%d image(s) with a skipped coarse kind left out of the summary",
+            len(found) - len(whole),
+        )
+    return [r for r in records if (r["dataset"], r["image"]) in whole]
 
 
 def _coarse(

@@ -20,7 +20,7 @@ from .methods import refine_methods
 
 #: Stages that do not run SAM's encoder or decoder (``upscale`` is the bilinear map of
 #: logits to the output frame).
-NON_SAM_STAGES = ("prepare", "router", "experts", "fusion", "prompts", "upscale")
+NON_SAM_STAGES = ("prepare", "router", "experts", "fusion", "prompts", "upscale", "draft_check")
 
 
 def stage_timings(
