@@ -213,6 +213,30 @@ OPTIONS: tuple[Option, ...] = (
         "batch (pre-annotation) tasks refined at once, over all requests (default 0: one "
         "per CPU core); the others wait their turn, interactive calls never do",
     ),
+    Option(
+        "batch_seconds",
+        "backend",
+        "BATCH_SECONDS",
+        "--batch-seconds",
+        "longest a batch /predict (Retrieve Predictions) works before answering, in seconds; "
+        "tasks not done by then are finished by the pre-annotation job and written back to "
+        "Label Studio (default 3; needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY)",
+    ),
+    Option(
+        "job_workers",
+        "backend",
+        "JOB_WORKERS",
+        "--job-workers",
+        "tasks the pre-annotation job works on at once (default 1: one SAM encode already "
+        "uses every CPU core; raise it on a GPU or a many-core machine)",
+    ),
+    Option(
+        "ray_address",
+        "backend",
+        "RAY_ADDRESS",
+        "--ray-address",
+        "Ray cluster of promptmoe annotate, e.g. 127.0.0.1:6379 (default: a local Ray)",
+    ),
 )
 
 
@@ -259,6 +283,9 @@ class Settings:
     mask_data_key: str = "mask"
     train_epochs: int = 100
     max_concurrent: int = 0
+    batch_seconds: float = 3.0
+    job_workers: int = 1
+    ray_address: str | None = None
     engine: EngineSettings = field(default_factory=EngineSettings)
 
     def __post_init__(self) -> None:
@@ -268,6 +295,13 @@ class Settings:
             raise ValueError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
         if self.max_concurrent < 0:
             raise ValueError(f"MAX_CONCURRENT must be >= 0, got {self.max_concurrent}")
+        if not 0 <= self.batch_seconds <= 60:
+            raise ValueError(
+                f"BATCH_SECONDS must be in 0..60 (Label Studio gives /predict 100 s), got "
+                f"{self.batch_seconds}"
+            )
+        if self.job_workers < 1:
+            raise ValueError(f"JOB_WORKERS must be >= 1, got {self.job_workers}")
         if self.train_epochs < 1:
             raise ValueError(f"TRAIN_EPOCHS must be >= 1, got {self.train_epochs}")
         if self.max_references < 0 or self.max_image_mb <= 0 or self.image_timeout <= 0:

@@ -16,10 +16,12 @@ Interactive calls (``context`` given) turn the smart tools into brush masks:
   fall inside it); a rotated rectangle prompts with its bounding box;
 * a brush draft: PromptMoE refinement of the draft.
 
-Batch calls (``context`` None) refine every brush draft found in a task; a task without
-drafts gets no prediction, its image is embedded in the background.  Parsing the
-task JSON lives in :mod:`.tasks`, building the answer in :mod:`.results`, the webhooks'
-active learning in :mod:`.learning`.
+Batch calls (``context`` None) pre-annotate each task from its drafts (:meth:`annotate`:
+brush regions and polygons refined, rectangles segmented, or a mask image); through the
+persistent job of :mod:`.jobs` when Label Studio can be written to, so the request never
+outlasts ``BATCH_SECONDS``.  A task without drafts gets no prediction, its image is
+embedded in the background.  Parsing the task JSON lives in :mod:`.tasks`, building the
+answer in :mod:`.results`, the webhooks' active learning in :mod:`.learning`.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from promptmoe_plugin.sam import Prompt, SamEngine
 from promptmoe_plugin.smartsam import SmartSamSession
 from promptmoe_plugin.smartsam.intent import make_intent
 
-from . import learning, rle
+from . import jobs, learning, rle
 from .config import Settings
 from .images import ImageFetcher, ImageFetchError
 from .label_config import LabelConfig, parse_label_config
@@ -49,15 +51,17 @@ from .tasks import (
     Box,
     Click,
     Draft,
+    Prompts,
     TaskError,
     context_regions,
     has_drafts,
     mask_image_drafts,
     project_id,
-    task_drafts,
     task_image_url,
+    task_prompts,
 )
 from .tracks import ClickTracks
+from .writeback import LabelStudioError, LabelStudioWriter
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +151,42 @@ class PromptMoEModel:
         #: Epochs of a START_TRAINING refit (a TRAIN_EPOCHS setting, when config.py has one).
         self.train_epochs = settings.train_epochs
         self.training = learning.TrainingQueue(self._train, self.store.pairs_fingerprint)
+        #: The pre-annotation job: only a serving backend has one (:meth:`start_jobs`).
+        self.jobs: jobs.PreAnnotationJob | None = None
+        #: Why there is no job (for ``GET /jobs``) while :attr:`jobs` is None.
+        self.no_jobs_reason = "the pre-annotation job starts with the server"
+
+    def start_jobs(self) -> None:
+        """Open the pre-annotation job (``MODEL_DIR/jobs.sqlite3``) and start its workers,
+        resuming what a restart left queued; from then on batch calls go through it.  Only
+        the serving backend calls this (a model built for ``promptmoe annotate`` or a
+        benchmark never touches the job).  Without ``LABEL_STUDIO_URL`` and
+        ``LABEL_STUDIO_API_KEY`` the backend cannot write predictions back: there is no
+        job, and the log says so once."""
+        s = self.settings
+        if self.jobs is not None:
+            return
+        if not (s.label_studio_url and s.label_studio_api_key):
+            self.no_jobs_reason = (
+                "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are not both set: the backend cannot "
+                "write predictions back, so a batch /predict pre-annotates every task inside "
+                "the request (Label Studio gives it ML_TIMEOUT_PREDICT, 100 s)"
+            )
+            log.info("%s", self.no_jobs_reason)
+            return
+        try:
+            writer = LabelStudioWriter(s.label_studio_url, s.label_studio_api_key)
+            job = jobs.PreAnnotationJob(
+                s.model_dir / "jobs.sqlite3", self.annotate, writer, s.job_workers
+            )
+        except (LabelStudioError, jobs.JobBusyError) as exc:
+            self.no_jobs_reason = (
+                f"no pre-annotation job ({exc}): batch calls work inside the request"
+            )
+            log.warning("%s", self.no_jobs_reason)
+            return
+        job.start()
+        self.jobs = job
 
     # ------------------------------------------------------------------ protocol
     @property
@@ -183,34 +223,36 @@ class PromptMoEModel:
         self, tasks: list[dict], context: dict | None = None, **kwargs
     ) -> list[dict | list]:
         """One answer per task: a prediction ``{"result": [...], "score": float,
-        "model_version": str}``, or ``[]`` (no prediction) in a batch call for a task that
-        has no draft to refine.
+        "model_version": str}``, or ``[]`` (no prediction: Label Studio stores nothing).
 
-        Label Studio sends a batch call (no context) when a task is opened in the editor and
-        for *Retrieve Predictions*; it stores each prediction answered, and then skips that
-        task in later batch runs of the same model version.  A task without drafts thus
-        gets ``[]`` (Label Studio reads it as "no predictions for this task" and stores
-        nothing) at once, while its image is fetched and embedded in the background so the
-        annotator's first click finds the embedding.
+        Interactive calls (``context`` with regions) answer every task.  Batch calls (no
+        context: *Retrieve Predictions*, and the editor's call when a task is opened) go
+        through the pre-annotation job when the backend can write to Label Studio
+        (:meth:`_batch`); without ``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_API_KEY`` every
+        task is pre-annotated inside the request, however long that takes.  A task
+        without drafts gets ``[]`` at once, while its image is fetched and embedded in the
+        background so the annotator's first click finds the embedding.
 
         Keyword args: ``project`` (Label Studio's project uid) and ``label_config``.
-        A task that fails gets an empty result and an ``error`` message; the others proceed.
+        A task that fails gets an empty result and an ``error`` message (a batch call
+        through the job: ``[]``, the reason in ``GET /jobs``); the others proceed.
         """
         config = parse_label_config(kwargs["label_config"])
         project = project_id(kwargs.get("project"))
+        interactive = bool(context and context.get("result"))
+        if not interactive and self.jobs is not None:
+            return self._batch(tasks, config, kwargs["label_config"], project)
         out: list[dict | list] = []
         for task in tasks:
             try:
-                if context and context.get("result"):
+                if interactive:
                     regions = self._interactive(task, context["result"], config, project)
-                elif not has_drafts(task, self.settings.mask_data_key):
-                    self.embedder.submit(task_image_url(task, config))
-                    out.append([])
+                    out.append(prediction(regions, config, self.model_version))
                     continue
-                else:
-                    with self._slots:
-                        regions = self._pre_annotate(task, config, project)
-                out.append(prediction(regions, config, self.model_version))
+                answer = self.annotate(task, config, project)
+                if answer is None:
+                    self.embedder.submit(task_image_url(task, config))
+                out.append(answer or [])
             except (TaskError, ImageFetchError, rle.RLEError) as exc:
                 log.warning("task %s: %s", task.get("id"), exc)
                 out.append(self._failed(task, str(exc)))
@@ -218,6 +260,73 @@ class PromptMoEModel:
                 log.exception("task %s failed", task.get("id"))
                 out.append(self._failed(task, f"internal error {type(exc).__name__}: {exc}"))
         return out
+
+    def _batch(
+        self, tasks: list[dict], config: LabelConfig, xml: str, project: str
+    ) -> list[dict | list]:
+        """A batch call through the pre-annotation job, answered within ``BATCH_SECONDS``
+        (at once for a call of one task: the editor's call when a task is opened).
+
+        Tasks with drafts go to the job; the predictions it finishes in time are answered
+        here, the others ``[]``, and the job writes them back to Label Studio (never
+        both).  ``[]`` at once, no job: a task already holding a prediction of the current
+        version, one without drafts (recorded ``skipped``; its image embedded in the
+        background) and one that cannot be used (recorded ``failed``).
+        """
+        version = self.model_version
+        out: list[dict | list] = [[] for _ in tasks]
+        queued: dict[int, int] = {}  # index in tasks -> task id
+        for i, task in enumerate(tasks):
+            task_id = _task_id(task)
+            try:
+                url = task_image_url(task, config)
+                if any(
+                    isinstance(p, dict) and p.get("model_version") == version
+                    for p in task.get("predictions") or []
+                ):
+                    continue
+                if task_id is None:  # cannot be written back: answered here, unbounded
+                    out[i] = self.annotate(task, config, project) or []
+                elif has_drafts(task, self.settings.mask_data_key):
+                    queued[i] = task_id
+                else:
+                    self.embedder.submit(url)
+                    self.jobs.record(project, task, version, "skipped", jobs.NO_DRAFT)
+            except (TaskError, ImageFetchError, rle.RLEError) as exc:
+                log.warning("task %s: %s", task.get("id"), exc)
+                if task_id is not None:
+                    self.jobs.record(project, task, version, "failed", str(exc))
+        if queued:
+            wait = self.settings.batch_seconds if len(tasks) > 1 else 0.0
+            answers = self.jobs.submit(project, [tasks[i] for i in queued], xml, version, wait)
+            for i, task_id in queued.items():
+                out[i] = answers.get(task_id) or []
+            log.info(
+                "batch of %d task(s): %d queued, %d answered in the request",
+                len(tasks),
+                len(queued),
+                sum(a is not None for a in answers.values()),
+            )
+        return out
+
+    def annotate(self, task: dict, config: LabelConfig, project: str) -> dict | None:
+        """Pre-annotate one task: the per-task work of a batch call, of the backend's job
+        (:mod:`.jobs`) and of ``promptmoe annotate`` (one code path).
+
+        Fetches the task's image, finds its drafts (:func:`~.tasks.task_prompts`, else a
+        mask image in ``data[MASK_DATA_KEY]``), refines / segments them and returns the
+        prediction ``{"result": [...], "score": float, "model_version": str}``; None when
+        the task has nothing to predict from (no draft of any kind, or only empty ones).
+        At most ``MAX_CONCURRENT`` tasks run this at once, over all callers.
+
+        Raises:
+            TaskError, ImageFetchError, rle.RLEError: a task the model cannot use.
+        """
+        if not has_drafts(task, self.settings.mask_data_key):
+            return None
+        with self._slots:
+            regions = self._pre_annotate(task, config, project)
+        return prediction(regions, config, self.model_version) if regions else None
 
     def fit(self, event: str, data: dict, **kwargs) -> dict:
         """Active learning from Label Studio webhooks; returns what changed."""
@@ -294,17 +403,18 @@ class PromptMoEModel:
 
     # ------------------------------------------------------------------ drafts
     def _pre_annotate(self, task: dict, config: LabelConfig, project: str) -> list[Region]:
-        """Refine the brush drafts of a task: its latest annotation with brush regions, else
-        its latest prediction from another model, else a mask image in its data."""
+        """The regions of a task's drafts (:func:`~.tasks.task_prompts` for the sources
+        and their precedence): brush regions and polygons refined, rectangles segmented
+        with SAM's box prompt; a mask image in its data when it has no region at all."""
         url, image = self._task_image(task, config)
         shape = image.shape[:2]
-        drafts = task_drafts(task, config, *shape)
+        prompts = task_prompts(task, config, *shape)
         mask_url = task["data"].get(self.settings.mask_data_key)
-        if not drafts and mask_url:
-            drafts = mask_image_drafts(
-                self.fetcher.label_map(mask_url, shape), task["data"], config
-            )
-        return self._refine_drafts(image, url, drafts, task, project)
+        if not prompts and mask_url:
+            labels = self.fetcher.label_map(mask_url, shape)
+            prompts = Prompts(drafts=mask_image_drafts(labels, task["data"], config))
+        regions = self._refine_drafts(image, url, prompts.drafts, task, project)
+        return regions + [self._box(image, box, []) for box in prompts.boxes]
 
     def _refine_drafts(
         self, image: np.ndarray, url: str, drafts: list[Draft], task: dict, project: str
@@ -326,7 +436,8 @@ class PromptMoEModel:
                 router=router,
                 depth=self.depth,
             )
-            regions.append(Region(label, out.mask, calibrated_score(float(out.score), "draft")))
+            source = "kept" if out.source == "draft" else "draft"  # the draft check kept it
+            regions.append(Region(label, out.mask, calibrated_score(float(out.score), source)))
             unions[label] = unions.get(label, np.zeros_like(draft)) | draft
         if "id" in task:
             for label, union in unions.items():
@@ -376,6 +487,14 @@ class PromptMoEModel:
             "model_version": self.model_version,
             "error": f"task {task.get('id')}: {message}",
         }
+
+
+def _task_id(task: dict) -> int | None:
+    """A task's integer ``id`` (Label Studio's), None when it has none."""
+    try:
+        return int(task["id"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _parts_touching(mask: np.ndarray, box: Box) -> np.ndarray:

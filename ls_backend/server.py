@@ -1,8 +1,9 @@
 """HTTP server of the ML backend: Label Studio's ML protocol as a small Flask app.
 
 Endpoints: ``GET /`` and ``/health``, ``POST /setup``, ``POST /predict``,
-``POST /webhook``, ``GET /metrics``.  Bad input gets a 4xx JSON ``{"status", "detail"}``
-saying what is wrong; an unexpected failure gets a 500 JSON and the server keeps serving.
+``POST /webhook``, ``GET /metrics``, ``GET /jobs`` (the pre-annotation job's progress).
+Bad input gets a 4xx JSON ``{"status", "detail"}`` saying what is wrong; an unexpected
+failure gets a 500 JSON and the server keeps serving.
 
 Every request body goes through one validation layer before the model sees it: the body
 must be UTF-8 JSON of at most ``MAX_REQUEST_MB`` (413 above) nested at most
@@ -423,9 +424,22 @@ def create_app(model: PromptMoEModel) -> Flask:
             },
             references=model.store.count(),
             training=_training_summary(model.training_status()),
+            jobs=_jobs_status(model),
         )
 
+    @app.get("/jobs")
+    def jobs_view():
+        return jsonify(_jobs_status(model))
+
     return app
+
+
+def _jobs_status(model: PromptMoEModel) -> dict:
+    """The pre-annotation job's counts, ETA and latest failures (``GET /jobs``), or why
+    there is no job."""
+    if model.jobs is None:
+        return {"enabled": False, "reason": model.no_jobs_reason}
+    return {"enabled": True, "model_version": model.model_version, **model.jobs.status()}
 
 
 def _training_summary(status: dict) -> dict:
@@ -451,15 +465,20 @@ def load_model(settings: Settings) -> PromptMoEModel:
 
 
 def app_factory() -> Flask:
-    """Gunicorn entry point: settings from the environment, model loaded at start.
+    """Gunicorn entry point: settings from the environment, model loaded and the
+    pre-annotation job started (resuming its queue) when the worker starts.
 
     Logging is the caller's to configure (the command line does); under bare gunicorn the
     backend's warnings and errors still reach stderr."""
-    return create_app(load_model(load_settings()))
+    model = load_model(load_settings())
+    model.start_jobs()
+    return create_app(model)
 
 
 def serve(settings: Settings, host: str = "0.0.0.0", port: int = 9090) -> None:
-    """Load the model once (warm-up), then serve with Flask's development server."""
+    """Load the model once (warm-up), start the pre-annotation job, then serve with
+    Flask's development server."""
     model = load_model(settings)
+    model.start_jobs()
     log.info("serving %s on http://%s:%d", model.model_version, host, port)
     create_app(model).run(host=host, port=port, threaded=True)

@@ -1,8 +1,10 @@
 """Label Studio JSON -> what the model acts on: clicks, boxes and brush drafts.
 
 Coordinates and masks are in image pixels of the task image (``(H, W)``): Label Studio
-gives keypoints and rectangles in percent of the image, brush regions as RLE at the
-image's size (``original_height`` x ``original_width``).
+gives keypoints, rectangles and polygon points in percent of the image, brush regions as
+RLE at the image's size (``original_height`` x ``original_width``).  Batch
+pre-annotation reads a task's drafts with :func:`task_prompts` (brush regions, polygons,
+rectangles, and which one wins).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from skimage import draw
 
 from . import rle
 from .label_config import LabelConfig
@@ -261,29 +264,130 @@ def _draft_sources(task: dict) -> list[dict]:
     return sources
 
 
+#: Region types a pre-annotation draft can come from, in precedence order.
+DRAFT_KINDS = ("brushlabels", "polygonlabels", "rectanglelabels")
+#: Bounding-box IoU at or above which a lower-ranked region of a label (polygon, rectangle)
+#: is taken for the same object as a higher-ranked one of that label, and dropped.
+SAME_OBJECT_IOU = 0.5
+
+
+@dataclass
+class Prompts:
+    """What a task gives batch pre-annotation, image frame: ``drafts`` to refine (brush
+    regions and rasterised polygons) and ``boxes`` to segment with SAM's box prompt."""
+
+    drafts: list[Draft] = field(default_factory=list)
+    boxes: list[Box] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.drafts or self.boxes)
+
+
 def has_drafts(task: dict, mask_key: str) -> bool:
-    """Whether a task has something to refine, decided without its image: a brush region in
-    an annotation or another model's prediction, or a mask image in ``data[mask_key]``."""
+    """Whether a task has something to pre-annotate from, decided without its image: a
+    brush, polygon or rectangle region in an annotation or another model's prediction, or
+    a mask image in ``data[mask_key]``."""
     data = task.get("data") if isinstance(task.get("data"), dict) else {}
     return bool(data.get(mask_key)) or any(
-        _kind(item) == "brushlabels"
+        _kind(item) in DRAFT_KINDS
         for source in _draft_sources(task)
         for item in source.get("result") or []
     )
 
 
-def task_drafts(task: dict, config: LabelConfig, h: int, w: int) -> list[Draft]:
-    """The brush drafts of a task: those of its latest annotation with brush regions, else
-    of its latest prediction from another model (``[]`` when there are none)."""
+def polygon_region(value: dict, config: LabelConfig, h: int, w: int) -> Draft:
+    """A ``polygonlabels`` value (``points``: ``[x, y]`` pairs in percent of the image) as
+    ``(label, mask (h, w) bool)``: the pixels whose centres lie inside the polygon.
+
+    Raises:
+        TaskError: a bad label, fewer than 3 points or a point that is not two numbers.
+    """
+    label = region_label(value.get("polygonlabels"), config, "polygonlabels")
+    points = value.get("points")
+    if not isinstance(points, list) or len(points) < 3:
+        raise TaskError("a polygon region needs value.points, a list of at least 3 [x, y]")
+    if not all(isinstance(p, list) and len(p) == 2 for p in points):
+        raise TaskError("every polygon point must be [x, y] in percent of the image")
+    xy = np.array(
+        [[_percent({"x": x}, "x") * w / 100, _percent({"y": y}, "y") * h / 100] for x, y in points]
+    )
+    mask = np.zeros((h, w), bool)
+    # Pixel (col, row) has its centre at (col + 0.5, row + 0.5) in Label Studio's frame.
+    rows, cols = draw.polygon(xy[:, 1] - 0.5, xy[:, 0] - 0.5, (h, w))
+    mask[rows, cols] = True
+    return label, mask
+
+
+def _bounds_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two ``(4,)`` x0, y0, x1, y1 boxes."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - iw * ih
+    return float(iw * ih / union) if union > 0 else 0.0
+
+
+def _mask_bounds(mask: np.ndarray) -> np.ndarray:
+    """``(4,)`` x0, y0, x1, y1 pixel-edge bounds of a non-empty ``(H, W) bool`` mask."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], np.float64)
+
+
+def _source_prompts(source: dict, config: LabelConfig, h: int, w: int) -> Prompts:
+    """The prompts of one annotation or prediction: every non-empty brush region; every
+    polygon, and then every rectangle, unless a higher-ranked region of its label already
+    covers the same object (bounding-box IoU >= :data:`SAME_OBJECT_IOU`)."""
+    items = [i for i in source.get("result") or [] if _kind(i) in DRAFT_KINDS]
+    drafts = [
+        d
+        for i in items
+        if _kind(i) == "brushlabels"
+        for d in [brush_region(i, config, h, w)]
+        if d[1].any()
+    ]
+    taken = [(label, _mask_bounds(mask)) for label, mask in drafts]
+
+    def new_object(label: str, bounds: np.ndarray) -> bool:
+        fresh = all(lab != label or _bounds_iou(b, bounds) < SAME_OBJECT_IOU for lab, b in taken)
+        if fresh:
+            taken.append((label, bounds))
+        return fresh
+
+    prompts = Prompts(drafts=drafts)
+    for item in items:
+        value = item.get("value")
+        if _kind(item) != "polygonlabels" or not isinstance(value, dict):
+            continue
+        label, mask = polygon_region(value, config, h, w)
+        if mask.any() and new_object(label, _mask_bounds(mask)):
+            prompts.drafts.append((label, mask))
+    for item in items:
+        value = item.get("value")
+        if _kind(item) != "rectanglelabels" or not isinstance(value, dict):
+            continue
+        box = _rectangle(value, region_label(value.get("rectanglelabels"), config, "rect"), h, w)
+        if new_object(box.label, np.clip(box.bounds, 0, [w, h, w, h])):
+            prompts.boxes.append(box)
+    return prompts
+
+
+def task_prompts(task: dict, config: LabelConfig, h: int, w: int) -> Prompts:
+    """The pre-annotation prompts of a task on its ``h`` x ``w`` image.
+
+    Precedence (README, "Pre-annotation"): the drafts come from one source, the newest
+    annotation (not cancelled) or prediction of another model that holds a brush, polygon
+    or rectangle region.  Within it, per object: a brush region wins over a polygon, a
+    polygon over a rectangle (a lower-ranked region of a label whose bounding box overlaps
+    a higher-ranked one's with IoU >= :data:`SAME_OBJECT_IOU` is the same object, and
+    dropped); regions of distinct objects are all kept.  Brush regions and polygons are
+    refined as drafts, rectangles become SAM box-prompted masks with the rectangle's
+    label.  A mask image in the task data is used only when no source has a region
+    (the caller reads it).  Empty ``Prompts`` when there is nothing.
+    """
     for source in _draft_sources(task):
-        drafts = [
-            brush_region(item, config, h, w)
-            for item in source.get("result") or []
-            if _kind(item) == "brushlabels"
-        ]
-        if drafts:
-            return drafts
-    return []
+        prompts = _source_prompts(source, config, h, w)
+        if prompts:
+            return prompts
+    return Prompts()
 
 
 def mask_image_drafts(values: np.ndarray, data: dict, config: LabelConfig) -> list[Draft]:
