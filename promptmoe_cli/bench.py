@@ -1,4 +1,4 @@
-"""``promptmoe bench engine|click|refine|refine-stages|server``: run a benchmark of
+"""``promptmoe bench engine|click|refine|refine-stages|server|annotate``: run a benchmark of
 :mod:`promptmoe_plugin.eval` (or the server's), print its table, write ``--json``."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import dataclasses
 import tempfile
 from pathlib import Path
 
+from ls_backend.annotate_bench import bench_annotate, format_annotate_report
 from ls_backend.bench import bench_samples, bench_server, files_root, format_server_report
 from ls_backend.load import format_load_report, load_test
 from ls_backend.server import load_model
@@ -28,6 +29,7 @@ from promptmoe_plugin.eval.stages import format_stage_table, stage_timings
 from promptmoe_plugin.refine import VARIANTS
 from promptmoe_plugin.sam import RUNTIMES, load_sam
 
+from .annotate import quiet_ray
 from .options import Subparsers, add_settings_options, engine, names, settings
 
 
@@ -126,6 +128,27 @@ def _run_server(args: argparse.Namespace) -> int:
                 model, folders, images=args.images, latency_images=args.latency_images
             )
     print(format_load_report(figures) if args.load else format_server_report(figures))
+    write_json(args.json, figures)
+    return 0
+
+
+def _run_annotate(args: argparse.Namespace) -> int:
+    quiet_ray()
+    workers = [int(n) for n in names(args.workers)]
+    if any(n < 1 for n in workers):
+        raise ValueError(f"--workers must be positive counts, got {args.workers}")
+    figures = bench_annotate(
+        settings(args),
+        args.data,
+        workers=workers,
+        limit=args.limit,
+        coarse=args.coarse,
+        in_flight=args.batch,
+        rounds=args.rounds,
+        seed=args.seed,
+        cpus=args.cpus,
+    )
+    print(format_annotate_report(figures))
     write_json(args.json, figures)
     return 0
 
@@ -325,3 +348,46 @@ def register(sub: Subparsers, bench: Subparsers) -> None:
     p.add_argument("--json", help="also write the figures to this JSON file")
     add_settings_options(p, ("engine", "backend"))
     p.set_defaults(func=_run_server)
+
+    p = bench.add_parser(
+        "annotate",
+        help="pre-annotation images/min in process vs on 1, 2, ... Ray actors, first "
+        "prediction, RSS per actor, overhead",
+    )
+    p.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        metavar="DIR",
+        help="dataset folder (img/+gt/ or data_GT/+boundary_GT/); repeat for several",
+    )
+    p.add_argument(
+        "--limit", type=int, default=12, help="first N images of each dataset (default 12)"
+    )
+    p.add_argument(
+        "--workers", default="1,2", help="Ray actor counts, comma-separated (default 1,2)"
+    )
+    p.add_argument(
+        "--coarse",
+        default="lowres",
+        choices=KINDS,
+        help="the drafts' coarse-mask kind (default lowres)",
+    )
+    p.add_argument(
+        "--batch", type=int, default=2, help="tasks queued per actor at a time (default 2)"
+    )
+    p.add_argument(
+        "--cpus",
+        type=int,
+        help="CPUs shared out to each pool's actors (default: all of this machine's)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="chunks of the images each arm annotates in turn, order rotating (default 3)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the coarse drafts (default 0)")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    add_settings_options(p, ("engine", "backend"))
+    p.set_defaults(func=_run_annotate)

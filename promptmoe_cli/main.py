@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from . import bench, serve, tools
+from . import annotate, bench, serve, tools
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     bench_parser = sub.add_parser("bench", help="benchmarks that print figures (and write --json)")
     bench_sub = bench_parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
-    for module in (serve, tools, bench):
+    for module in (serve, tools, annotate, bench):
         module.register(sub, bench_sub)
     return parser
 

@@ -182,3 +182,21 @@ def test_a_flag_overrides_its_environment_variable(monkeypatch):
     args = build_parser().parse_args(["serve", "--max-references", "5"])
     loaded = settings(args)
     assert loaded.max_references == 5 and loaded.engine.cache_mb == 64.0
+
+
+def test_annotate_takes_the_ray_address_from_the_environment_or_the_flag(monkeypatch):
+    from promptmoe_cli.main import build_parser
+    from promptmoe_cli.options import settings
+
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    parser = build_parser()
+    argv = ["annotate", "--images", "imgs", "--out", "import.json"]
+    assert settings(parser.parse_args(argv)).ray_address == "10.0.0.5:6379"
+    given = parser.parse_args([*argv, "--ray-address", "127.0.0.1:6380"])
+    assert settings(given).ray_address == "127.0.0.1:6380"
+
+
+def test_bench_annotate_refuses_a_worker_count_below_one(capsys):
+    argv = ["bench", "annotate", "--data", "nowhere", "--workers", "1,0"]
+    assert main(argv) == 2
+    assert "--workers must be positive" in capsys.readouterr().err
