@@ -160,7 +160,9 @@ def _sam(image_encoder: torch.nn.Module) -> Sam:
     )
 
 
-def _weights_id(path: Path, model_type: str) -> str:
+def weights_id(path: Path, model_type: str) -> str:
+    """Stable id of the weights in ``path``: the model type and a digest of the file's
+    path, size and modification time."""
     stat = path.stat()
     digest = hashlib.sha1(
         f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()
@@ -196,7 +198,7 @@ def load_sam(checkpoint: str | Path | None = None, device: str = "auto") -> Load
     model.to(resolved)
     log.info("loaded SAM %s from %s on %s", model_type, path, resolved)
     return LoadedSam(
-        model=model, model_type=model_type, model_id=_weights_id(path, model_type), checkpoint=path
+        model=model, model_type=model_type, model_id=weights_id(path, model_type), checkpoint=path
     )
 
 

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .build import LoadedSam
+from .build import LoadedSam, weights_id
 from .frames import IMAGE_SIZE
 
 log = logging.getLogger(__name__)
@@ -566,10 +566,13 @@ def _build(
 
     With ``isolate`` the export runs in a fresh child process that loads the same
     checkpoint: exporting and compiling take about 0.9 GB more than serving (MobileSAM),
-    which a long-lived server would otherwise keep as its peak RSS.
+    which a long-lived server would otherwise keep as its peak RSS.  A model that is not
+    the checkpoint file's weights (changed in memory: its ``model_id`` says so) is
+    exported in this process.
     """
     start = time.perf_counter()
-    if isolate:
+    checkpoint = Path(sam.checkpoint)
+    if isolate and checkpoint.is_file() and sam.model_id == weights_id(checkpoint, sam.model_type):
         _build_in_child(sam, folder, name, precision, threads, part)
         agreement = json.loads((folder / MANIFEST).read_text())["agreement"]
     else:
