@@ -25,20 +25,73 @@ def iou(a: np.ndarray, b: np.ndarray, ignore: np.ndarray | None = None) -> float
     return mask_iou(a, b, ignore=ignore, empty=1.0)
 
 
-@pytest.fixture(scope="module")
-def figure():
-    """A synthetic 'figure': a head (disk) on a body (rectangle) in other colours."""
-    rng = np.random.default_rng(0)
-    img = (200 + rng.integers(0, 10, (256, 256, 3))).astype(np.uint8)
-    yy, xx = np.mgrid[:256, :256]
-    head = (xx - 128) ** 2 + (yy - 70) ** 2 < 30**2
-    body = (abs(xx - 128) < 45) & (yy > 95) & (yy < 220)
+def _plain(seed: int = 0, shape: tuple[int, int] = (256, 256)) -> np.ndarray:
+    """A light grey, slightly noisy background ``(H, W, 3) uint8``."""
+    rng = np.random.default_rng(seed)
+    return (200 + rng.integers(0, 10, (*shape, 3))).astype(np.uint8)
+
+
+YY, XX = np.mgrid[:256, :256]
+
+
+def _figure(cx: int, cy: int, r: int, half_width: int, bottom: int) -> tuple[np.ndarray, ...]:
+    """A synthetic 'figure': a head (disk of radius ``r`` at (cx, cy)) on a body
+    (rectangle below it) in other colours; returns image, head mask, whole mask."""
+    img = _plain(cx)
+    head = (XX - cx) ** 2 + (YY - cy) ** 2 < r**2
+    body = (abs(XX - cx) < half_width) & (YY > cy + r - 5) & (YY < bottom)
     img[body] = (40, 60, 160)
     img[head] = (200, 120, 90)
     return img, head, head | body
 
 
-def test_chain_reaches_the_whole_from_the_part(engine, figure):
+@pytest.fixture(scope="module")
+def figure():
+    return _figure(128, 70, 30, 45, 220)
+
+
+def test_small_object_on_a_larger_one_keeps_sams_answer(engine):
+    """A disk lying on a large rectangle, clicked at its centre: SAM's best mask is the
+    disk, a chain adds the rectangle with a (slightly) higher predicted IoU; the
+    calibrated choice keeps the disk."""
+    img = _plain(0)
+    rect = (abs(XX - 128) < 90) & (abs(YY - 128) < 70)
+    disk = (XX - 150) ** 2 + (YY - 110) ** 2 < 22**2
+    img[rect], img[disk] = (60, 90, 170), (220, 180, 40)
+    s = SmartSamSession(engine, img)
+    s.click(150, 110)
+    pool = s.candidates
+    sam = int(np.argmax(s.pool.iou[:3]))
+    assert iou(pool[sam], disk) > 0.9  # SAM alone picks the disk
+    chain = np.flatnonzero(s.pool.chain >= 0)
+    whole = [i for i in chain if iou(pool[i], rect | disk) > 0.9]
+    assert whole and max(s.pool.iou[whole]) > s.pool.iou[sam]  # raw scores prefer the whole
+    assert s.chosen == sam and iou(s.mask, disk) > 0.95
+    # without the kind calibration and the click's position, the raw argmax takes the whole
+    raw = SmartSamSession(engine, img, SmartSamConfig(chain_bias=0, centre_weight=0))
+    raw.click(150, 110)
+    assert iou(raw.mask, rect | disk) > 0.9
+
+
+def test_chain_shows_the_whole_when_the_click_is_on_a_seam(engine):
+    """A two-tone object clicked at its centre, on the seam: SAM's best mask is one half
+    (the click on its rim), a chain's Add click reaches the whole, which is chosen."""
+    img = _plain(4)
+    obj = (abs(XX - 128) < 70) & (abs(YY - 128) < 50)
+    left = obj & (XX < 128)
+    img[obj], img[left] = (50, 140, 60), (160, 40, 40)
+    s = SmartSamSession(engine, img)
+    s.click(128, 128)
+    pool = s.candidates
+    sam = int(np.argmax(s.pool.iou[:3]))
+    assert iou(pool[sam], obj) < 0.6  # SAM alone picks a half
+    assert s.pool.source[s.chosen] == "chain" and iou(s.mask, obj) > 0.95
+    assert set(s.timings) == {"sampler", "chains", "intent", "total"}
+
+
+def test_references_of_the_label_decide_part_or_whole(engine, figure):
+    """Clicked on a figure's head: pure mode keeps SAM's head; references of whole
+    figures (the label's exemplars) choose the whole, references of heads the head."""
     img, head, whole = figure
     # One chain, started from the best first-click candidate: SAM's head mask.
     s = SmartSamSession(engine, img, SmartSamConfig(n_chains=1, chain_steps=2))
@@ -49,9 +102,13 @@ def test_chain_reaches_the_whole_from_the_part(engine, figure):
     assert iou(pool[first], head) > 0.9  # SAM alone picks the part
     chain = np.flatnonzero(s.pool.chain == 0)
     assert len(chain) >= 1 and max(iou(pool[i], whole) for i in chain) > 0.9
-    # pure mode (contains the click, highest predicted IoU) then returns the whole
-    assert iou(s.mask, whole) > 0.9
-    assert set(s.timings) == {"sampler", "chains", "intent", "total"}
+    assert iou(s.mask, head) > 0.9  # nothing says the whole is meant
+    ref_img, ref_head, ref_whole = _figure(110, 60, 26, 40, 200)
+    intent = make_intent("sam", engine)
+    wants_whole = SmartSamSession(engine, img, intent=intent, references=[(ref_img, ref_whole)])
+    assert iou(wants_whole.click(128, 70), whole) > 0.85
+    wants_head = SmartSamSession(engine, img, intent=intent, references=[(ref_img, ref_head)])
+    assert iou(wants_head.click(128, 70), head) > 0.9
 
 
 def test_same_seed_same_result_and_later_clicks(engine, voc):
@@ -64,7 +121,7 @@ def test_same_seed_same_result_and_later_clicks(engine, voc):
     c = SmartSamSession(engine, img, SMALL, seed=8)
     c.click(250, 200)
     assert not np.array_equal(a.pool.logits, c.pool.logits)  # other seed, other prompts
-    # a later negative click is plain SAM interaction from the chosen candidate
+    # a later negative click refines the chosen candidate (guarded, see corrections.py)
     ys, xs = np.nonzero(ma)
     after = a.click(float(xs[0]), float(ys[0]), positive=False)
     assert after.shape == ma.shape and not np.array_equal(after, ma)

@@ -8,7 +8,12 @@ import pytest
 from promptmoe_plugin.smartsam.chains import deepest_pixel, next_click, uncertain_regions
 from promptmoe_plugin.smartsam.intent import similarity
 from promptmoe_plugin.smartsam.sampler import ASPECTS, BOX_SIDE, sample_boxes, sample_points
-from promptmoe_plugin.smartsam.session import PAPER_AGENT, SmartSamConfig, _duplicates
+from promptmoe_plugin.smartsam.session import (
+    PAPER_AGENT,
+    SmartSamConfig,
+    _duplicates,
+    centrality,
+)
 
 
 def test_points_follow_gamma_distance_and_uniform_angle():
@@ -115,6 +120,19 @@ def test_duplicates_keep_the_better_scored():
     assert drop.tolist() == [True, False, False]
 
 
+def test_centrality_is_depth_over_the_deepest():
+    masks = np.zeros((3, 21, 21), bool)
+    masks[0, 5:16, 5:16] = True  # click (10, 10) at the centre of an 11x11 square
+    masks[1, 10:21, 0:21] = True  # the click on the top rim of a band
+    masks[2, :, :10] = True  # the click outside
+    cen = centrality(masks, 10, 10)
+    assert cen[0] == pytest.approx(1.0)
+    assert 0 < cen[1] < 0.25 and cen[2] == 0
+    # the image border counts as boundary: a full mask is deepest at its centre
+    assert centrality(np.ones((1, 21, 21), bool), 10, 10)[0] == pytest.approx(1.0)
+    assert centrality(np.ones((1, 21, 21), bool), 0, 0)[0] == pytest.approx(1 / 11)
+
+
 def test_config_from_strings():
     config = SmartSamConfig.from_strings({"n_chains": "30", "beta": "0.2", "reduce": "mean"})
     assert config == SmartSamConfig(n_chains=30, beta=0.2, reduce="mean")
@@ -138,3 +156,7 @@ def test_config_rejects_bad_options():
         SmartSamConfig(n_chains=-1)
     with pytest.raises(ValueError):
         SmartSamConfig(max_area=0)
+    with pytest.raises(ValueError, match="centre_weight"):
+        SmartSamConfig(centre_weight=-0.1)
+    with pytest.raises(ValueError, match="sim_weight"):
+        SmartSamConfig.from_strings({"sim_weight": "-1"})
