@@ -1,7 +1,9 @@
 """Plain SAM click interaction: the baseline every click method is compared with.
 
 A session holds one image and the clicks so far; each click decodes all clicks together
-with the previous low-res logits as the mask prompt, as SAM's interactive demo does.
+with the previous low-res logits as the mask prompt, as SAM's interactive demo does.  With
+``corrections`` each later click chooses among a few candidates and guards small
+corrections instead (:mod:`.corrections`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
+from .corrections import CorrectionConfig, correct_click
 from .sam import ImageEmbedding, Prompt, SamEngine
 
 
@@ -36,11 +39,14 @@ class SamClickSession:
         image: ``(H, W, 3) uint8`` RGB.
         multimask_first: at the first click take the best of SAM's 3 masks by predicted
             IoU (method ``sam``); when False use single-mask output (``sam-single``).
+        corrections: how later clicks choose their mask (:func:`.corrections.correct_click`);
+            None is plain SAM (the single mask decoded with the previous logits).
     """
 
     engine: SamEngine
     image: np.ndarray
     multimask_first: bool = True
+    corrections: CorrectionConfig | None = None
     points: list[tuple[float, float]] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     logits: np.ndarray | None = None  # (256, 256) float32, low-res frame
@@ -56,6 +62,19 @@ class SamClickSession:
         self.points.append((float(x), float(y)))
         self.labels.append(1 if positive else 0)
         first = self.logits is None
+        if not first and self.corrections is not None:
+            c = correct_click(
+                self.engine,
+                self.emb,
+                np.array(self.points),
+                np.array(self.labels),
+                self.logits,
+                self.score,
+                self.corrections,
+            )
+            masks = self.engine.upscale(self.emb, c.logits[None], "image") > 0
+            self.set_state(masks, np.array([c.iou]), c.logits[None], 0)
+            return self.mask
         prompt = Prompt(
             points=np.array(self.points), labels=np.array(self.labels), mask_logits=self.logits
         )

@@ -165,7 +165,9 @@ def test_click_bench_project_simulation_and_reproducible(engine, monkeypatch):
     assert strip(first["per_image"]) == strip(second["per_image"])
     sam = [r for r in first["per_image"] if r["method"] == "sam"]
     rec = [r for r in first["per_image"] if r["method"] == "smartsam-ref"]
-    assert [r["ious"] for r in sam] == [r["ious"] for r in rec]
+    # The stand-in's first click is plain SAM's; its later clicks are guarded (the bench
+    # sets corrections on every SmartSAM method's session).
+    assert [r["ious"][0] for r in sam] == [r["ious"][0] for r in rec]
     assert first["summary"]["sam"]["images"] == 3 and first["config"]["references"] == 2
 
 

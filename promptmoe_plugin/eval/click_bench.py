@@ -244,7 +244,8 @@ def _add_losses(
 
 def _click_summary(records: list[dict[str, Any]], max_clicks: int) -> dict[str, Any]:
     """Click figures of one method's records (:func:`.clicker.summarize_runs`), the oracle
-    IoU at click 1 (%) and the seconds of click 1 (mean and median)."""
+    IoU at click 1 (%), the seconds of click 1 (mean and median) and of a later click
+    (mean over all later clicks; None when there were none)."""
     if not records:
         return {"images": 0}
     out: dict[str, Any] = summarize_runs([r["ious"] for r in records], max_clicks)
@@ -252,6 +253,8 @@ def _click_summary(records: list[dict[str, Any]], max_clicks: int) -> dict[str, 
     out["oracle@1"] = 100 * float(np.mean(oracle)) if oracle else None
     out["sec_per_click1"] = float(np.mean([r["sec_per_click"][0] for r in records]))
     out["sec_per_click1_median"] = float(np.median([r["sec_per_click"][0] for r in records]))
+    later = [t for r in records for t in r["sec_per_click"][1:]]
+    out["sec_per_later_click"] = float(np.mean(later)) if later else None
     return out
 
 

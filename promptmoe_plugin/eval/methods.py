@@ -1,9 +1,10 @@
 """The methods the click and refinement benchmarks compare, and their typed options.
 
 Click methods start a :class:`~promptmoe_plugin.clicks.ClickSession` on one image: plain
-SAM (:class:`~promptmoe_plugin.clicks.SamClickSession`) or SmartSAM
-(:class:`~promptmoe_plugin.smartsam.SmartSamSession`).  Refine methods are the variants
-of :func:`promptmoe_plugin.refine.refine`.
+SAM (:class:`~promptmoe_plugin.clicks.SamClickSession`), SAM with guarded later clicks
+(:mod:`~promptmoe_plugin.corrections`) or SmartSAM
+(:class:`~promptmoe_plugin.smartsam.SmartSamSession`, guarded later clicks by default).
+Refine methods are the variants of :func:`promptmoe_plugin.refine.refine`.
 
 A benchmark resolves the names (:func:`click_methods`, :func:`refine_methods`), types the
 options of each method (:mod:`.options`) and builds one runner per method for the whole
@@ -16,12 +17,13 @@ depth model.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 
 import numpy as np
 
 from ..clicks import ClickSession, SamClickSession
+from ..corrections import CorrectionConfig
 from ..experts.depth import DepthEstimator
 from ..refine import VARIANTS, RefineConfig, refine
 from ..router import Router, load_router
@@ -48,6 +50,9 @@ class ClickMethod:
         intent: SmartSAM's intent (``"none"``, ``"sam"``, ``"dinov2"``); None for plain SAM.
         multimask_first: plain SAM: best of 3 masks at click 1 (else single-mask output).
         uses_references: takes the ground truth of earlier images (project simulation).
+        corrected: plain SAM's first click with guarded later clicks
+            (:mod:`~promptmoe_plugin.corrections`); SmartSAM methods always are, unless
+            their options say ``corrections=none``.
     """
 
     name: str
@@ -55,11 +60,13 @@ class ClickMethod:
     intent: str | None = None
     multimask_first: bool = True
     uses_references: bool = False
+    corrected: bool = False
 
     @property
     def takes_options(self) -> bool:
-        """SmartSAM methods take options (:class:`ClickOptions`); plain SAM takes none."""
-        return self.intent is not None
+        """SmartSAM and corrected methods take options (:class:`ClickOptions`); plain SAM
+        takes none."""
+        return self.intent is not None or self.corrected
 
 
 CLICK_METHODS: Mapping[str, ClickMethod] = MappingProxyType(
@@ -74,6 +81,12 @@ CLICK_METHODS: Mapping[str, ClickMethod] = MappingProxyType(
                 "sam-single",
                 "plain SAM with single-mask output from click 1",
                 multimask_first=False,
+            ),
+            ClickMethod(
+                "sam-guarded",
+                "SAM's first click, then later clicks chosen from a few candidates by the "
+                "clicks so far, with a guard for small corrections",
+                corrected=True,
             ),
             ClickMethod(
                 "smartsam-pure",
@@ -109,41 +122,55 @@ def click_methods(names: Sequence[str]) -> list[ClickMethod]:
 
 @dataclass(frozen=True)
 class ClickOptions:
-    """Options of a SmartSAM click method.
+    """Options of a SmartSAM or corrected click method.
 
     Attributes:
-        config: the agent's settings.
+        config: the agent's settings (SmartSAM).
         intent: replaces the method's intent (``"none"``, ``"sam"``, ``"dinov2"``); None
             keeps it.
         dinov2_model: DINOv2 folder or hub id for the ``dinov2`` intent (None: its default).
+        corrections: the later clicks' settings; None (``corrections=none``) is plain SAM.
     """
 
     config: SmartSamConfig = field(default_factory=SmartSamConfig)
     intent: str | None = None
     dinov2_model: str | None = None
+    corrections: CorrectionConfig | None = field(default_factory=CorrectionConfig)
 
     @classmethod
     def from_strings(cls, values: Mapping[str, str]) -> ClickOptions:
-        """From ``key -> value`` strings: ``intent``, ``dinov2_model`` and the fields of
-        :class:`~promptmoe_plugin.smartsam.SmartSamConfig`.
+        """From ``key -> value`` strings: ``intent``, ``dinov2_model``, ``corrections=none``
+        and the fields of :class:`~promptmoe_plugin.smartsam.SmartSamConfig` and of
+        :class:`~promptmoe_plugin.corrections.CorrectionConfig`.
 
         Raises:
             ValueError: an unknown key or a bad value.
         """
         rest = dict(values)
         intent, model = rest.pop("intent", None), _optional(rest.pop("dinov2_model", None))
-        return cls(SmartSamConfig.from_strings(rest), intent, model)
+        plain = rest.pop("corrections", "default").lower()
+        if plain not in ("none", "default"):
+            raise ValueError(f"corrections is none or default, got {plain!r}")
+        names = {f.name for f in fields(CorrectionConfig)}
+        later = {k: v for k, v in rest.items() if k in names}
+        agent = SmartSamConfig.from_strings({k: v for k, v in rest.items() if k not in names})
+        if plain == "none" and later:
+            raise ValueError(f"corrections=none with correction settings {sorted(later)}")
+        corrections = None if plain == "none" else CorrectionConfig.from_strings(later)
+        return cls(agent, intent, model, corrections)
 
 
 @dataclass(frozen=True)
 class ClickRunner:
-    """A click method ready for a run: the engine, the agent's settings and (SmartSAM) the
-    intent shared by every session of the run."""
+    """A click method ready for a run: the engine, the agent's settings, (SmartSAM) the
+    intent shared by every session of the run and the later clicks' settings (None: plain
+    SAM)."""
 
     method: ClickMethod
     engine: SamEngine
     config: SmartSamConfig = field(default_factory=SmartSamConfig)
     intent: Intent | None = None
+    corrections: CorrectionConfig | None = None
 
     @property
     def name(self) -> str:
@@ -155,11 +182,18 @@ class ClickRunner:
         """A new session on ``image`` ``(H, W, 3) uint8`` RGB.  ``references`` reach only
         methods that use them; ``seed`` seeds SmartSAM's agent."""
         if self.intent is None:
-            return SamClickSession(self.engine, image, multimask_first=self.method.multimask_first)
+            return SamClickSession(
+                self.engine,
+                image,
+                multimask_first=self.method.multimask_first,
+                corrections=self.corrections,
+            )
         refs = list(references) if self.method.uses_references else []
-        return SmartSamSession(
+        session = SmartSamSession(
             self.engine, image, self.config, intent=self.intent, references=refs, seed=seed
         )
+        session.corrections = self.corrections
+        return session
 
 
 def click_runners(
@@ -179,8 +213,11 @@ def click_runners(
             runners.append(ClickRunner(method, engine))
             continue
         opts = options.get(method.name, ClickOptions())
+        if method.intent is None:
+            runners.append(ClickRunner(method, engine, corrections=opts.corrections))
+            continue
         intent = make_intent(opts.intent or method.intent, engine, opts.dinov2_model)
-        runners.append(ClickRunner(method, engine, opts.config, intent))
+        runners.append(ClickRunner(method, engine, opts.config, intent, opts.corrections))
     return runners
 
 

@@ -34,6 +34,7 @@ CLICK_COLUMNS = (
     "drops",
     "losses",
     "sec_per_click1",
+    "sec_per_later_click",
 )
 #: Line colours of the per-click mIoU plot, one per method in run order (RGB).
 CURVE_COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189))

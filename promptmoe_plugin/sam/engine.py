@@ -334,7 +334,7 @@ class SamEngine:
         self,
         emb: ImageEmbedding,
         prompts: Sequence[Prompt],
-        multimask: bool = True,
+        multimask: bool | Literal["all"] = True,
         frame: Frame = "image",
     ) -> Decoded:
         """Decode many prompt sets against one embedding.
@@ -346,13 +346,14 @@ class SamEngine:
         Args:
             emb: the image's embedding.
             prompts: B prompt sets, coordinates in image pixels.
-            multimask: 3 masks per prompt when True, else 1.
+            multimask: 3 masks per prompt when True, else 1; ``"all"``: the single mask
+                then the 3 (the decoder computes all 4 in one run).
             frame: "image" for ``(H, W)`` masks, "working" for ``(h, w)``, "none" to skip
                 upsampling (use :meth:`upscale` later on the logits you keep).
         """
         if len(prompts) == 0:
             raise PromptError("no prompts to decode")
-        m = 3 if multimask else 1
+        m = 4 if multimask == "all" else 3 if multimask else 1
         iou = np.empty((len(prompts), m), np.float32)
         logits = np.empty((len(prompts), m, LOW_RES, LOW_RES), np.float32)
         groups: dict[tuple[int, bool, bool], list[int]] = {}
@@ -376,14 +377,14 @@ class SamEngine:
         return Decoded(iou=iou, low_res_logits=logits, masks=masks)
 
     def _decode_group(
-        self, emb: ImageEmbedding, prompts: list[Prompt], multimask: bool
+        self, emb: ImageEmbedding, prompts: list[Prompt], multimask: bool | str
     ) -> tuple[np.ndarray, np.ndarray]:
         if self.decoder.info.name == "torch":
             return self._decode_torch(emb, prompts, multimask)
         return self._decode_exported(emb, prompts, multimask)
 
     def _decode_exported(
-        self, emb: ImageEmbedding, prompts: list[Prompt], multimask: bool
+        self, emb: ImageEmbedding, prompts: list[Prompt], multimask: bool | str
     ) -> tuple[np.ndarray, np.ndarray]:
         """The exported decoder graph, given the prompts as ``PromptEncoder`` sees them:
         points, then a padding point (label -1) when there is no box, then the box's two
@@ -412,12 +413,13 @@ class SamEngine:
             has_mask[:] = 1
         features = emb.features.detach().cpu().numpy()
         low_res, iou = self.decoder.run(features, coords, labels, mask_input, has_mask)
-        pick = slice(1, None) if multimask else slice(0, 1)  # as MaskDecoder.forward
+        # as MaskDecoder.forward; "all" keeps the 4
+        pick = slice(None) if multimask == "all" else slice(1, None) if multimask else slice(0, 1)
         return np.ascontiguousarray(low_res[:, pick]), np.ascontiguousarray(iou[:, pick])
 
     @torch.inference_mode()
     def _decode_torch(
-        self, emb: ImageEmbedding, prompts: list[Prompt], multimask: bool
+        self, emb: ImageEmbedding, prompts: list[Prompt], multimask: bool | str
     ) -> tuple[np.ndarray, np.ndarray]:
         first = prompts[0]
         points = boxes = masks = None
@@ -439,6 +441,11 @@ class SamEngine:
             mk = np.stack([p.mask_logits for p in prompts])[:, None]
             masks = torch.as_tensor(mk, dtype=torch.float32, device=self.device)
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks)
+        if multimask == "all":  # MaskDecoder.forward without its slice
+            low_res, iou = self.model.mask_decoder.predict_masks(
+                emb.features, self._dense_pe, sparse, dense
+            )
+            return low_res.float().cpu().numpy(), iou.float().cpu().numpy()
         low_res, iou = self.model.mask_decoder(
             image_embeddings=emb.features,
             image_pe=self._dense_pe,

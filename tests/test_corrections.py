@@ -1,0 +1,243 @@
+"""Later clicks (:mod:`promptmoe_plugin.corrections`): constructed cases for the choice and
+the guard, then the real MobileSAM through the click session and the backend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from promptmoe_plugin.corrections import (
+    PLAIN,
+    CorrectionConfig,
+    choose,
+    click_values,
+    consistency,
+    correct_click,
+    correction_zone,
+    local_edit,
+)
+from promptmoe_plugin.sam import Prompt
+from promptmoe_plugin.sam.frames import LOW_RES
+
+SHAPE = (LOW_RES, LOW_RES)
+
+
+def _disk(cx: float, cy: float, r: float) -> np.ndarray:
+    """``(256, 256) bool`` disk in the low-res frame."""
+    rows, cols = np.ogrid[:LOW_RES, :LOW_RES]
+    return (cols + 0.5 - cx) ** 2 + (rows + 0.5 - cy) ** 2 <= r**2
+
+
+def _logits(mask: np.ndarray) -> np.ndarray:
+    """Confident ``(256, 256) float32`` logits of a mask (+8 inside, -8 outside)."""
+    return np.where(mask, 8.0, -8.0).astype(np.float32)
+
+
+def _xy(*points: tuple[float, float]) -> np.ndarray:
+    """Low-res (x, y) click coordinates at pixel centres."""
+    return np.array(points, np.float64) + 0.5
+
+
+def test_click_values_and_consistency_weigh_recent_clicks_more():
+    a, b = _disk(60, 60, 30), _disk(60, 60, 30) | _disk(150, 60, 20)
+    xy = _xy((60, 60), (150, 60))  # a positive click on the disk, then a negative beside it
+    inside = click_values(np.stack([_logits(a), _logits(b)]), xy) > 0
+    assert inside.tolist() == [[True, False], [True, True]]
+    agree = consistency(inside, np.array([1, 0]), recency=0.5)
+    np.testing.assert_allclose(agree, [1.0, 0.5 / 1.5])
+    # Violating only the older click costs less than violating only the newest one.
+    older, newest = consistency(np.array([[False, False], [True, True]]), np.array([1, 0]), 0.5)
+    assert older > newest
+
+
+def test_consistency_choice_on_a_constructed_case():
+    """Without the guard and the bonus of plain SAM's answer, the candidate that agrees with
+    every click wins over a better-scored one that leaves out a positive click."""
+    previous = _disk(80, 80, 30)
+    whole = previous | _disk(140, 80, 25)
+    clicks = _xy((80, 80), (140, 80))
+    pool = np.stack([_logits(previous), _logits(whole)])
+    config = CorrectionConfig(guard=False, single_bonus=0.0)
+    best, zone, _ = choose(
+        pool, np.array([0.99, 0.80]), clicks, np.array([1, 1]), _logits(previous), SHAPE, config
+    )
+    assert (best, zone) == (1, None)
+    # With plain SAM's bonus its own answer (index 0) stands when the guard allows it.
+    best, _, _ = choose(
+        pool, np.array([0.99, 0.80]), clicks, np.array([1, 1]), _logits(previous), SHAPE, PLAIN
+    )
+    assert best == 0
+
+
+def test_negative_click_near_the_edge_does_not_empty_a_good_mask():
+    """SAM's single mask for a negative click near the edge of a good mask is empty (a
+    typical failure); the guard passes over it to the candidate that only trims the edge."""
+    good = _disk(120, 120, 60)
+    trimmed = good & ~_disk(172, 120, 14)
+    clicks = _xy((120, 120), (170, 120))  # positive in the middle, negative near the edge
+    labels = np.array([1, 0])
+    pool = np.stack([_logits(np.zeros(SHAPE, bool)), _logits(trimmed)])
+    best, zone, clean = choose(
+        pool, np.array([0.95, 0.90]), clicks, labels, _logits(good), SHAPE, CorrectionConfig()
+    )
+    assert (best, zone, clean) == (1, None, False)
+    # Guard off (plain SAM's answer kept): the mask is emptied.
+    best, _, _ = choose(pool, np.array([0.95, 0.90]), clicks, labels, _logits(good), SHAPE, PLAIN)
+    assert best == 0
+
+
+def test_guard_keeps_an_earlier_positive_click_and_edits_near_the_click_only():
+    """Every candidate loses the object's left part holding the first click: the guard
+    applies the new click's change near it only, so the first click stays inside."""
+    previous = _disk(90, 120, 40) | _disk(160, 120, 40)
+    gap = previous | _disk(125, 148, 10)  # positive click just below the mask's waist
+    right_only = _disk(160, 120, 40) | _disk(125, 148, 10)
+    clicks = _xy((70, 120), (125, 146))
+    labels = np.array([1, 1])
+    pool = np.stack([_logits(right_only)])
+    config = CorrectionConfig()
+    best, zone, _ = choose(pool, np.array([0.97]), clicks, labels, _logits(previous), SHAPE, config)
+    assert best == 0 and zone is not None and zone[146, 125] and not zone[120, 70]
+    edited = local_edit(pool[best], _logits(previous), zone) > 0
+    assert edited[120, 70] and edited[146, 125]  # first click kept, new click added
+    assert (edited & previous).sum() >= 0.95 * previous.sum()
+    # Had a candidate kept the left part, it would have been taken whole.
+    pool = np.stack([_logits(right_only), _logits(gap)])
+    best, zone, _ = choose(
+        pool, np.array([0.97, 0.90]), clicks, labels, _logits(previous), SHAPE, config
+    )
+    assert (best, zone) == (1, None)
+
+
+def test_a_deep_click_is_no_small_correction():
+    mask = _disk(128, 128, 60)
+    config = CorrectionConfig()
+    assert correction_zone(mask, (128, 128), False, config) is None  # the mask's centre
+    zone = correction_zone(mask, (128, 185), False, config)  # (row, col) 3 px inside the edge
+    assert zone is not None and zone[128, 185] and zone[128, 190] and not zone[128, 128]
+    assert correction_zone(np.zeros_like(mask), (10, 10), True, config) is None
+
+
+def test_config_validation_and_strings():
+    assert CorrectionConfig.from_strings({"guard": "false", "recency": "0.8"}) == (
+        CorrectionConfig(guard=False, recency=0.8)
+    )
+    for bad in ({"fresh": "sometimes"}, {"recency": "0"}, {"guard_keep": "1.5"}, {"x": "1"}):
+        with pytest.raises(ValueError):
+            CorrectionConfig.from_strings(bad)
+
+
+# ------------------------------------------------------------------ the real MobileSAM
+def _clicks_on(gt: np.ndarray, session, n: int) -> list[np.ndarray]:
+    """Masks after ``n`` protocol clicks (:class:`~promptmoe_plugin.eval.clicker.Clicker`)
+    of ``session`` on ground truth ``gt`` ``(H, W) bool``."""
+    from promptmoe_plugin.eval.clicker import Clicker
+
+    clicker, pred, masks = Clicker(gt), np.zeros_like(gt), []
+    for _ in range(n):
+        click = clicker.next_click(pred)
+        pred = session.click(click.x, click.y, click.positive)
+        masks.append(pred)
+    return masks
+
+
+def test_later_clicks_are_deterministic_and_plain_config_is_plain_sam(engine, voc):
+    from promptmoe_plugin.clicks import SamClickSession
+
+    image, gt = voc["rgb"], voc["masks"][15].astype(bool)
+    runs = [
+        _clicks_on(gt, SamClickSession(engine, image, corrections=CorrectionConfig()), 4)
+        for _ in range(2)
+    ]
+    for a, b in zip(*runs, strict=True):
+        np.testing.assert_array_equal(a, b)
+    plain = _clicks_on(gt, SamClickSession(engine, image), 4)
+    for config in (PLAIN, CorrectionConfig(until=1)):  # until=1: no click is corrected
+        as_config = _clicks_on(gt, SamClickSession(engine, image, corrections=config), 4)
+        for a, b in zip(plain, as_config, strict=True):
+            np.testing.assert_array_equal(a, b)
+    # The function itself: the same clicks and previous logits, the same answer.
+    emb = engine.embed(image)
+    points, labels = np.array([[80.0, 300.0], [60.0, 370.0]]), np.array([1, 0])
+    first = engine.decode(emb, [Prompt(points[:1], labels[:1])], frame="none")
+    previous = first.low_res_logits[0, int(first.best()[0])]
+    one = correct_click(engine, emb, points, labels, previous, 0.9)
+    two = correct_click(engine, emb, points, labels, previous, 0.9)
+    np.testing.assert_array_equal(one.logits, two.logits)
+    assert one.source == two.source and one.decodes in (1, 2)
+
+
+def test_backend_click_track_returns_the_guarded_mask(engine, voc, tmp_path):
+    """A positive then a negative click on the VOC photo's right person: plain SAM's
+    second mask loses half of the person (IoU 0.51); the backend's click track returns the
+    guarded one, as a SmartSAM session with default corrections gives it."""
+    from PIL import Image
+
+    from conftest import LS_CONFIG
+    from ls_backend.config import load_settings
+    from ls_backend.model import PromptMoEModel
+    from ls_backend.results import brush_masks
+    from ls_backend.server import create_app
+    from promptmoe_plugin.eval.metrics import iou
+    from promptmoe_plugin.smartsam import SmartSamSession
+
+    image, gt = voc["rgb"], voc["masks"][17].astype(bool)
+    h, w = gt.shape
+    Image.fromarray(image).save(tmp_path / "voc.png")
+    settings = load_settings({}, {"model_dir": str(tmp_path), "local_files_root": str(tmp_path)})
+    model = PromptMoEModel(engine, settings)
+    clicks = [(444, 169, True), (420, 93, False)]
+    result = [
+        {
+            "original_width": w,
+            "original_height": h,
+            "image_rotation": 0,
+            "from_name": "kp",
+            "to_name": "image",
+            "type": "keypointlabels",
+            "is_positive": positive,
+            "value": {
+                "x": 100 * x / w,
+                "y": 100 * y / h,
+                "width": 0.5,
+                "keypointlabels": ["Person"],
+            },
+        }
+        for x, y, positive in clicks
+    ]
+    client = create_app(model).test_client()
+    for n in (1, 2):  # Label Studio sends all clicks so far with each new click
+        body = {
+            "tasks": [{"id": 1, "data": {"image": "/data/local-files/?d=voc.png"}}],
+            "project": "1.1700000000",
+            "label_config": LS_CONFIG,
+            "params": {"context": {"result": result[:n]}},
+        }
+        response = client.post("/predict", json=body)
+        assert response.status_code == 200, response.json
+    ((label, mask),) = brush_masks(response.json["results"][0]["result"])
+
+    sessions = {}
+    for name, corrections in (("guarded", CorrectionConfig()), ("plain", None)):
+        session = SmartSamSession(engine, image, intent=model.intent)
+        session.corrections = corrections
+        for x, y, positive in clicks:
+            sessions[name] = session.click(x, y, positive)
+    assert label == "Person"
+    assert iou(sessions["plain"], gt) < 0.6 < 0.8 < iou(sessions["guarded"], gt)
+    assert iou(mask, sessions["guarded"]) > 0.99 and iou(mask, gt) > 0.8
+
+
+def test_bench_options_reach_the_later_clicks():
+    from promptmoe_plugin.eval.methods import ClickOptions, click_methods
+    from promptmoe_plugin.eval.options import click_options, parse_options
+    from promptmoe_plugin.smartsam import SmartSamConfig
+
+    typed = click_options(
+        parse_options(["sam-guarded:guard=false", "smartsam-pure:corrections=none", "n_chains=2"]),
+        click_methods(["sam-guarded", "smartsam-pure"]),
+    )
+    assert typed["sam-guarded"].corrections == CorrectionConfig(guard=False)
+    assert typed["smartsam-pure"] == ClickOptions(SmartSamConfig(n_chains=2), corrections=None)
+    with pytest.raises(ValueError, match="corrections=none with"):
+        ClickOptions.from_strings({"corrections": "none", "guard": "true"})
