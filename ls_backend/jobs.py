@@ -9,7 +9,8 @@ are answered in the request (Label Studio stores them), every other task is answ
 
 Rows live in SQLite (``<MODEL_DIR>/jobs.sqlite3``), one per (project, task id, model
 version), with state ``queued`` / ``running`` / ``done`` / ``failed`` / ``skipped``, the
-reason, timestamps, the task JSON and the labeling config to redo it.  Each finished
+reason, timestamps, the task JSON and the labeling config to redo it.  Worker threads
+predict; one writer thread writes to Label Studio meanwhile.  Each finished
 prediction goes to exactly one place: the waiting request when it is still waiting (under
 the job's lock), else Label Studio.  A restart puts the rows a crash left ``running``
 back in the queue; since a worker first asks Label Studio whether the task already holds
@@ -21,14 +22,16 @@ enforces it (:class:`JobBusyError`).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
 import logging
+import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,6 +137,8 @@ class PreAnnotationJob:
         self._changed = threading.Condition(self._lock)
         self._waiting: dict[Key, _Waiter] = {}
         self._threads: list[threading.Thread] = []
+        #: Predictions waiting for the writer thread: (row, prediction, start, seconds).
+        self._writes: queue.Queue[tuple[Key, dict, float, float]] = queue.Queue()
         self._worked = False  # since the queue was last empty: for the summary log line
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         # WAL with NORMAL sync: a killed process loses nothing committed, and a commit
@@ -158,11 +163,17 @@ class PreAnnotationJob:
 
     # ------------------------------------------------------------------ requests
     def start(self) -> None:
-        """Start the worker threads (once; later calls do nothing)."""
+        """Start the worker threads and the writer thread (once; later calls do nothing)."""
         with self._lock:
-            while len(self._threads) < self.workers:
+            if not self._threads:
+                writer = threading.Thread(
+                    target=self._write_loop, name="promptmoe-job-writer", daemon=True
+                )
+                self._threads.append(writer)
+                writer.start()
+            while len(self._threads) < self.workers + 1:
                 thread = threading.Thread(
-                    target=self._work, name=f"promptmoe-job-{len(self._threads)}", daemon=True
+                    target=self._work, name=f"promptmoe-job-{len(self._threads) - 1}", daemon=True
                 )
                 self._threads.append(thread)
                 thread.start()
@@ -345,11 +356,11 @@ class PreAnnotationJob:
 
     def _run(self, key: Key, task_json: str, config: str, check: bool) -> None:
         """Predict one claimed row and deliver the prediction: to the waiting request, else
-        to Label Studio.  Errors end the row as failed with the reason; Label Studio out of
-        reach puts it back in the queue."""
+        to the writer thread (:meth:`_write_loop`), so the next task is predicted while
+        this one is written to Label Studio."""
         project, task_id, _ = key
         start = time.perf_counter()
-        try:
+        with self._recording_errors(key):
             prediction, reason = self._predict(key, task_json, config, check)
             predicted = time.perf_counter() - start
             with self._lock:
@@ -358,29 +369,46 @@ class PreAnnotationJob:
                     reason = "answered in the request"
                 if reason is not None:
                     self._finish(key, "skipped" if reason == NO_DRAFT else "done", reason)
-            if reason is not None:
-                log.info(
-                    "task %s (project %s): %s (%.1f s)",
-                    task_id,
-                    project,
-                    reason,
-                    time.perf_counter() - start,
-                )
+            if reason is None:
+                assert prediction is not None
+                self._writes.put((key, prediction, start, predicted))
                 return
-            assert prediction is not None
-            self.writer.write(task_id, prediction)
-            with self._lock:
-                self._finish(key, "done", "written to Label Studio")
             log.info(
-                "task %s (project %s): %d region(s) written to Label Studio as %s "
-                "(%.2f s: %.2f s predicting)",
+                "task %s (project %s): %s (%.1f s)",
                 task_id,
                 project,
-                sum(r.get("type") == "brushlabels" for r in prediction["result"]),
-                prediction["model_version"],
+                reason,
                 time.perf_counter() - start,
-                predicted,
             )
+
+    def _write_loop(self) -> None:
+        """The writer thread: predictions to Label Studio, one at a time; a row is ``done``
+        once written (a crash before leaves it ``running``: resumed, asked, not doubled)."""
+        while True:
+            key, prediction, start, predicted = self._writes.get()
+            project, task_id, _ = key
+            with self._recording_errors(key):
+                self.writer.write(task_id, prediction)
+                with self._lock:
+                    self._finish(key, "done", "written to Label Studio")
+                log.info(
+                    "task %s (project %s): %d region(s) written to Label Studio as %s "
+                    "(%.2f s: %.2f s predicting)",
+                    task_id,
+                    project,
+                    sum(r.get("type") == "brushlabels" for r in prediction["result"]),
+                    prediction["model_version"],
+                    time.perf_counter() - start,
+                    predicted,
+                )
+
+    @contextlib.contextmanager
+    def _recording_errors(self, key: Key) -> Iterator[None]:
+        """Errors end the row as failed with the reason; Label Studio out of reach puts it
+        back in the queue."""
+        project, task_id, _ = key
+        try:
+            yield
         except LabelStudioError as exc:
             self._failed(key, str(exc), retry=exc.unreachable)
         except (TaskError, ImageFetchError, RLEError, LabelConfigError) as exc:
