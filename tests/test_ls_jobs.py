@@ -248,10 +248,12 @@ def test_retrieve_predictions_survives_a_crash(label_studio, backend, project, f
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         counts = _jobs(backend)["counts"]
-        if counts["done"] >= 3 or counts["queued"] == 0:
+        if counts["done"] >= 2 or counts["queued"] == 0:
             break
         time.sleep(0.1)
-    assert counts["queued"] > 0, f"the job ended before the crash: {counts}"
+    # Killed with tasks still to predict or still to write (the writer thread lags the
+    # workers): both must end with exactly one prediction after the restart.
+    assert counts["queued"] + counts["running"] > 0, f"the job ended before the crash: {counts}"
     os.killpg(backend.proc.pid, signal.SIGKILL)
     backend.proc.wait()
     backend.start()
