@@ -56,6 +56,7 @@ from .tasks import (
     context_regions,
     has_drafts,
     mask_image_drafts,
+    prediction_versions,
     project_id,
     task_image_url,
     task_prompts,
@@ -280,10 +281,7 @@ class PromptMoEModel:
             task_id = _task_id(task)
             try:
                 url = task_image_url(task, config)
-                if any(
-                    isinstance(p, dict) and p.get("model_version") == version
-                    for p in task.get("predictions") or []
-                ):
+                if version in (prediction_versions(task) or []):
                     continue
                 if task_id is None:  # cannot be written back: answered here, unbounded
                     out[i] = self.annotate(task, config, project) or []

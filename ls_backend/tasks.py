@@ -247,6 +247,15 @@ def context_regions(items: list, config: LabelConfig, h: int, w: int) -> Context
     return context
 
 
+def prediction_versions(task: dict) -> list[str] | None:
+    """The ``model_version`` of each prediction the task JSON holds; None when the JSON
+    holds no list of predictions (Label Studio left them out: ask its API)."""
+    predictions = task.get("predictions")
+    if not isinstance(predictions, list) or not all(isinstance(p, dict) for p in predictions):
+        return None
+    return [str(p.get("model_version") or "") for p in predictions]
+
+
 def _draft_sources(task: dict) -> list[dict]:
     """A task's annotations (not cancelled) and predictions of other models, newest first."""
     sources = [

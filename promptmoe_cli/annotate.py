@@ -23,6 +23,7 @@ from ls_backend.config import Settings
 from ls_backend.folders import brush_config, files_root, folder_tasks, read_import, write_import
 from ls_backend.label_config import LabelConfig, parse_label_config
 from ls_backend.ray_pool import AnnotatorPool, Outcome, RayUnavailable
+from ls_backend.tasks import prediction_versions
 from ls_backend.writeback import LabelStudioError, LabelStudioWriter
 
 from .options import Subparsers, add_settings_options, prepare_out, settings
@@ -247,10 +248,8 @@ def _write(writer: LabelStudioWriter, outcome: Outcome) -> Outcome:
 
 def _versions(task: dict, writer: LabelStudioWriter) -> list[str]:
     """Model versions of the task's predictions (from the task JSON, else asked)."""
-    preds = task.get("predictions")
-    if isinstance(preds, list) and all(isinstance(p, dict) for p in preds):
-        return [str(p.get("model_version") or "") for p in preds]
-    return writer.versions(task["id"])
+    listed = prediction_versions(task)
+    return listed if listed is not None else writer.versions(task["id"])
 
 
 def _folder(
@@ -267,9 +266,9 @@ def _folder(
     by_key = dict(folder.tasks)
     todo = []
     for key, task in folder.tasks:
-        before = previous.get(task["data"]["image"], {}).get("predictions", [])
-        if any(p.get("model_version") == version for p in before):
-            task["predictions"] = before
+        before = previous.get(task["data"]["image"], {})
+        if version in (prediction_versions(before) or []):
+            task["predictions"] = before["predictions"]
             tally.skipped += 1
         else:
             todo.append((key, task))
