@@ -219,8 +219,7 @@ def test_backend_click_track_returns_the_guarded_mask(engine, voc, tmp_path):
 
     sessions = {}
     for name, corrections in (("guarded", CorrectionConfig()), ("plain", None)):
-        session = SmartSamSession(engine, image, intent=model.intent)
-        session.corrections = corrections
+        session = SmartSamSession(engine, image, intent=model.intent, corrections=corrections)
         for x, y, positive in clicks:
             sessions[name] = session.click(x, y, positive)
     assert label == "Person"

@@ -133,8 +133,8 @@ class RecordingSession(SamClickSession):
 
     seen: list[tuple[int, list[int], int, object]] = []
 
-    def __init__(self, engine, image, config, *, intent, references=(), seed=0):
-        super().__init__(engine, image)
+    def __init__(self, engine, image, config, *, intent, references=(), seed=0, corrections=None):
+        super().__init__(engine, image, corrections=corrections)
         refs = [int(r[1].sum()) for r in references]
         RecordingSession.seen.append((int(image.sum()), refs, seed, intent))
 

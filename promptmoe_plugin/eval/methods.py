@@ -189,11 +189,15 @@ class ClickRunner:
                 corrections=self.corrections,
             )
         refs = list(references) if self.method.uses_references else []
-        session = SmartSamSession(
-            self.engine, image, self.config, intent=self.intent, references=refs, seed=seed
+        return SmartSamSession(
+            self.engine,
+            image,
+            self.config,
+            intent=self.intent,
+            references=refs,
+            seed=seed,
+            corrections=self.corrections,
         )
-        session.corrections = self.corrections
-        return session
 
 
 def click_runners(

@@ -209,10 +209,9 @@ class SmartSamSession:
         reference_features: precomputed ``intent.reference_features`` vectors ``(D,)``,
             used before those of ``references``.
         seed: seed of the agent's random generator; same seed, same result.
+        corrections: how later clicks choose their mask (:mod:`..corrections`); None is
+            plain SAM.
     """
-
-    #: How later clicks choose their mask (:mod:`..corrections`); None: plain SAM.
-    corrections: CorrectionConfig | None = CorrectionConfig()
 
     def __init__(
         self,
@@ -224,6 +223,7 @@ class SmartSamSession:
         references: Sequence[tuple[np.ndarray, np.ndarray]] = (),
         reference_features: Sequence[np.ndarray] = (),
         seed: int = 0,
+        corrections: CorrectionConfig | None = CorrectionConfig(),
     ):
         if not isinstance(config, SmartSamConfig):
             raise TypeError(f"config must be a SmartSamConfig, got {type(config).__name__}")
@@ -231,7 +231,7 @@ class SmartSamSession:
         self.config = config
         self.seed = seed
         self.intent: Intent = intent if intent is not None else NoIntent()
-        self._sam = SamClickSession(engine, image, multimask_first=True)
+        self._sam = SamClickSession(engine, image, multimask_first=True, corrections=corrections)
         self.emb: ImageEmbedding = self._sam.emb
         feats = [np.asarray(f, np.float32) for f in reference_features]
         feats += [self.intent.reference_features(img, m) for img, m in references]
@@ -264,7 +264,6 @@ class SmartSamSession:
     def click(self, x: float, y: float, positive: bool = True) -> np.ndarray:
         """Add a click at image pixel ``(x, y)``; returns the new ``(H, W) bool`` mask."""
         if self._sam.logits is not None or not positive:
-            self._sam.corrections = self.corrections  # later clicks: see ..corrections
             return self._sam.click(x, y, positive)
         H, W = self.emb.original_size
         if not (0 <= x < W and 0 <= y < H):
