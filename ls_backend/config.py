@@ -231,6 +231,15 @@ OPTIONS: tuple[Option, ...] = (
         "uses every CPU core; raise it on a GPU or a many-core machine)",
     ),
     Option(
+        "embed_delay",
+        "backend",
+        "EMBED_DELAY",
+        "--embed-delay",
+        "seconds a task opened in the editor waits before its image is embedded in the "
+        "background, so the editor shows it first when Label Studio, the browser and the "
+        "backend share cores (default 0.5; 0 on a separate GPU server)",
+    ),
+    Option(
         "ray_address",
         "backend",
         "RAY_ADDRESS",
@@ -285,6 +294,7 @@ class Settings:
     max_concurrent: int = 0
     batch_seconds: float = 3.0
     job_workers: int = 1
+    embed_delay: float = 0.5
     ray_address: str | None = None
     engine: EngineSettings = field(default_factory=EngineSettings)
 
@@ -300,6 +310,8 @@ class Settings:
                 f"BATCH_SECONDS must be in 0..60 (Label Studio gives /predict 100 s), got "
                 f"{self.batch_seconds}"
             )
+        if not 0 <= self.embed_delay <= 60:
+            raise ValueError(f"EMBED_DELAY must be in 0..60 seconds, got {self.embed_delay}")
         if self.job_workers < 1:
             raise ValueError(f"JOB_WORKERS must be >= 1, got {self.job_workers}")
         if self.train_epochs < 1:

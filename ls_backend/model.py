@@ -30,6 +30,7 @@ import logging
 import os
 import queue
 import threading
+import time
 
 import numpy as np
 from scipy import ndimage
@@ -75,12 +76,19 @@ class BackgroundEmbedder:
     """Fetches and embeds task images on one daemon thread, so a batch call returns at once
     and the first click on the task finds the embedding in the engine's cache (and on disk
     with ``EMBEDDING_DIR``).  An image already waiting is not queued again; one already in
-    the cache costs a content hash."""
+    the cache costs a content hash.
 
-    def __init__(self, engine: SamEngine, fetcher: ImageFetcher):
+    Each image waits ``delay`` seconds from its submission before it is fetched: the
+    editor's call when a task is opened comes while the browser loads the same image,
+    and an encode at that moment takes the cores Label Studio and the browser need when
+    they share the machine (``EMBED_DELAY``).
+    """
+
+    def __init__(self, engine: SamEngine, fetcher: ImageFetcher, delay: float = 0.5):
         self.engine = engine
         self.fetcher = fetcher
-        self._queue: queue.Queue[str] = queue.Queue()
+        self.delay = delay
+        self._queue: queue.Queue[tuple[str, float]] = queue.Queue()
         self._pending: set[str] = set()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -96,7 +104,7 @@ class BackgroundEmbedder:
                     target=self._run, name="promptmoe-embedder", daemon=True
                 )
                 self._thread.start()
-        self._queue.put(url)
+        self._queue.put((url, time.monotonic() + self.delay))
         return True
 
     def wait(self) -> None:
@@ -105,7 +113,8 @@ class BackgroundEmbedder:
 
     def _run(self) -> None:
         while True:
-            url = self._queue.get()
+            url, due = self._queue.get()
+            time.sleep(max(0.0, due - time.monotonic()))
             try:
                 self.engine.embed(self.fetcher.image(url))
             except Exception as exc:  # reported again, to the annotator, on the first click
@@ -144,7 +153,7 @@ class PromptMoEModel:
         # Batch tasks refined at once (interactive calls never wait for them): more than
         # the CPU's cores only adds working memory.
         self._slots = threading.BoundedSemaphore(settings.max_concurrent or os.cpu_count() or 2)
-        self.embedder = BackgroundEmbedder(self.engine, self.fetcher)
+        self.embedder = BackgroundEmbedder(self.engine, self.fetcher, settings.embed_delay)
         self._router_lock = threading.Lock()
         # The newest router version whose file loads (an unreadable one is passed over).
         version, self.router, self._router_path = learning.load_current_router(self.store)

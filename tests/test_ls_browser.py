@@ -73,7 +73,7 @@ RIGHT_MAN, BOWL = (440.0, 170.0), (437.0, 247.0)
 #: A smart rectangle around the man in the middle: press, release.
 MIDDLE_MAN_BOX = ((176.0, 63.0), (319.0, 234.0))
 #: Tasks for the task-open timing, per project (the first one warms the page up).
-OPENS = 4
+OPENS = 8
 
 
 def _tilted_box(cx: float, cy: float, half_w: float, half_h: float, degrees: float):

@@ -23,7 +23,7 @@ from PIL import Image
 from conftest import REPO, data_dir
 from ls_backend.config import load_settings
 from ls_backend.label_config import LabelConfigError, parse_label_config
-from ls_backend.model import PromptMoEModel
+from ls_backend.model import BackgroundEmbedder, PromptMoEModel
 from ls_backend.results import brush_masks, calibrated_score
 from ls_backend.server import create_app
 from ls_backend.tasks import context_regions
@@ -148,6 +148,21 @@ def test_on_open_call_returns_at_once_and_stores_nothing(client, model, photos, 
     click["tasks"][0]["id"] = task["id"]
     _one_region(client.post("/predict", json=click))
     assert engine.stats().encodes == encodes  # the background embedding was there
+
+
+def test_background_embedding_waits_its_delay(model, engine, photos):
+    """An image submitted for background embedding is fetched and encoded only after
+    ``EMBED_DELAY`` (the editor shows the image first), then once."""
+    assert model.embedder.delay == 0.5  # EMBED_DELAY's default
+    embedder = BackgroundEmbedder(engine, model.fetcher, delay=1.0)
+    url = "/data/local-files/?d=imgs/llama.png"
+    engine.cache.clear()
+    encodes = engine.stats().encodes
+    start = time.monotonic()
+    assert embedder.submit(url) and not embedder.submit(url)  # waiting: not queued twice
+    embedder.wait()
+    assert time.monotonic() - start >= 1.0
+    assert engine.stats().encodes == encodes + 1
 
 
 def test_retrieve_predictions_refines_drafts_only(client, photos):
