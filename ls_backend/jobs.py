@@ -35,10 +35,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .images import ImageFetchError
-from .label_config import LabelConfig, LabelConfigError, parse_label_config
-from .rle import RLEError
-from .tasks import MODEL_VERSION_PREFIX, TaskError
+from .label_config import LabelConfig, parse_label_config
+from .tasks import MODEL_VERSION_PREFIX, failure_reason
 from .writeback import LabelStudioError, LabelStudioWriter
 
 log = logging.getLogger(__name__)
@@ -411,11 +409,8 @@ class PreAnnotationJob:
             yield
         except LabelStudioError as exc:
             self._failed(key, str(exc), retry=exc.unreachable)
-        except (TaskError, ImageFetchError, RLEError, LabelConfigError) as exc:
-            self._failed(key, str(exc), retry=False)
-        except Exception as exc:  # a bug or a resource error: record it, work on the others
-            log.exception("task %s (project %s) failed", task_id, project)
-            self._failed(key, f"internal error {type(exc).__name__}: {exc}", retry=False)
+        except Exception as exc:  # this row fails with its reason; the others go on
+            self._failed(key, failure_reason(exc, f"{task_id} (project {project})"), retry=False)
 
     def _failed(self, key: Key, reason: str, retry: bool) -> None:
         """End a row as failed with ``reason``, or (``retry``) queue it again after a pause."""

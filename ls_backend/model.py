@@ -55,6 +55,7 @@ from .tasks import (
     Prompts,
     TaskError,
     context_regions,
+    failure_reason,
     has_drafts,
     mask_image_drafts,
     prediction_versions,
@@ -263,12 +264,10 @@ class PromptMoEModel:
                 if answer is None:
                     self.embedder.submit(task_image_url(task, config))
                 out.append(answer or [])
-            except (TaskError, ImageFetchError, rle.RLEError) as exc:
-                log.warning("task %s: %s", task.get("id"), exc)
-                out.append(self._failed(task, str(exc)))
-            except Exception as exc:  # a bug or a resource error: report it, serve the others
-                log.exception("task %s failed", task.get("id"))
-                out.append(self._failed(task, f"internal error {type(exc).__name__}: {exc}"))
+            except Exception as exc:  # this task fails with its reason; the others are served
+                reason = failure_reason(exc, task.get("id"))
+                log.warning("task %s: %s", task.get("id"), reason)
+                out.append(self._failed(task, reason))
         return out
 
     def _batch(

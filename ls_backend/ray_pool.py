@@ -27,11 +27,9 @@ import torch
 from ray.exceptions import RayError
 
 from .config import Settings, make_engine
-from .images import ImageFetchError
 from .label_config import LabelConfig
 from .model import PromptMoEModel
-from .rle import RLEError
-from .tasks import TaskError
+from .tasks import failure_reason
 
 log = logging.getLogger(__name__)
 
@@ -164,11 +162,8 @@ def run_task(
     prediction, error = None, None
     try:
         prediction = model.annotate(task, config, project)
-    except (TaskError, ImageFetchError, RLEError) as exc:
-        error = str(exc)
-    except Exception as exc:  # a bug or a resource error: report it, go on with the others
-        log.exception("task %s failed", key)
-        error = f"internal error {type(exc).__name__}: {exc}"
+    except Exception as exc:  # this task fails with its reason; the others go on
+        error = failure_reason(exc, key)
     return Outcome(
         key,
         prediction,

@@ -9,6 +9,7 @@ rectangles, and which one wins).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +17,10 @@ import numpy as np
 from skimage import draw
 
 from . import rle
-from .label_config import LabelConfig
+from .images import ImageFetchError
+from .label_config import LabelConfig, LabelConfigError
+
+log = logging.getLogger(__name__)
 
 #: Prefix of this backend's model versions: predictions that carry it are its own
 #: answers, never drafts to refine.
@@ -28,6 +32,21 @@ Draft = tuple[str, np.ndarray]
 
 class TaskError(ValueError):
     """A task or context the model cannot use; reported for that task only."""
+
+
+#: Errors of one task's own data (its JSON, image, masks or label config): the task fails
+#: with the message and the others go on.
+TASK_ERRORS = (TaskError, ImageFetchError, rle.RLEError, LabelConfigError)
+
+
+def failure_reason(exc: Exception, task: object) -> str:
+    """Why ``task`` (its id, for the log) failed with ``exc``: the message of a task's own
+    error, or ``internal error <Type>: <message>`` for anything else (a bug or a resource
+    error), which is also logged with its traceback."""
+    if isinstance(exc, TASK_ERRORS):
+        return str(exc)
+    log.error("task %s failed", task, exc_info=exc)
+    return f"internal error {type(exc).__name__}: {exc}"
 
 
 @dataclass(frozen=True)

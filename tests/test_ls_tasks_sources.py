@@ -11,12 +11,12 @@ from conftest import LS_CONFIG as CONFIG
 from conftest import blocky_draft
 from ls_backend.config import load_settings
 from ls_backend.jobs import JobBusyError, PreAnnotationJob
-from ls_backend.label_config import parse_label_config
+from ls_backend.label_config import LabelConfigError, parse_label_config
 from ls_backend.model import PromptMoEModel
 from ls_backend.polygons import mask_to_polygons
 from ls_backend.results import brush_masks, brush_result
 from ls_backend.server import create_app
-from ls_backend.tasks import TaskError, has_drafts, polygon_region, task_prompts
+from ls_backend.tasks import TaskError, failure_reason, has_drafts, polygon_region, task_prompts
 from ls_backend.writeback import LabelStudioWriter
 from promptmoe_plugin.eval.metrics import iou
 
@@ -197,3 +197,18 @@ def test_one_process_owns_a_job_queue(tmp_path):
     status = job.status()
     assert status["counts"] == {"queued": 0, "running": 0, "done": 0, "failed": 0, "skipped": 1}
     assert status["eta_seconds"] is None and status["writes_to"] == "http://127.0.0.1:9"
+
+
+def test_failure_reason_gives_a_tasks_own_error_and_logs_a_bug(caplog):
+    """A task's own error is its message; anything else is an internal error, logged with
+    its traceback (the reason the job, the Ray pool and the request all report)."""
+    bad_config = LabelConfigError("no brush labels")
+    assert failure_reason(TaskError("no image in task data"), 7) == "no image in task data"
+    assert failure_reason(bad_config, 7) == "no brush labels"
+    assert not caplog.records
+    try:
+        raise KeyError("tail")
+    except KeyError as exc:
+        assert failure_reason(exc, 8) == "internal error KeyError: 'tail'"
+    (record,) = caplog.records
+    assert record.exc_info and "task 8 failed" in record.getMessage()
