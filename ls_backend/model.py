@@ -35,9 +35,11 @@ import time
 import numpy as np
 from scipy import ndimage
 
+from promptmoe_plugin.clicks import SamClickSession
+from promptmoe_plugin.corrections import CorrectionConfig
 from promptmoe_plugin.experts.depth import DepthEstimator
 from promptmoe_plugin.refine import VARIANTS, refine
-from promptmoe_plugin.sam import Prompt, SamEngine
+from promptmoe_plugin.sam import SamEngine
 from promptmoe_plugin.smartsam import SmartSamSession
 from promptmoe_plugin.smartsam.intent import make_intent
 
@@ -374,23 +376,21 @@ class PromptMoEModel:
         return regions
 
     def _box(self, image: np.ndarray, box: Box, clicks: list[Click]) -> Region:
-        """SAM's single mask for ``box`` and the ``clicks`` inside it (image pixels).
+        """SAM's single mask for ``box``, then each of the ``clicks`` inside it in order, as
+        later clicks of the object (image pixels; the box stays in every prompt, later
+        clicks are guarded as a clicked object's are).
 
         SAM takes only axis-aligned boxes: a rotated rectangle prompts with its bounding box
         (clipped to the image), and of the mask only the parts that overlap the rotated
         rectangle itself are kept (the bounding box holds more than the user framed)."""
         h, w = image.shape[:2]
-        emb = self.engine.embed(image)
-        points = np.array([[c.x, c.y] for c in clicks]) if clicks else None
-        labels = np.array([int(c.positive) for c in clicks]) if clicks else None
-        bounds = np.clip(box.bounds, 0, [w, h, w, h])
-        out = self.engine.decode(
-            emb, [Prompt(points=points, labels=labels, box=bounds)], multimask=False
-        )
-        mask = out.masks[0, 0]
+        session = SamClickSession(self.engine, image, corrections=CorrectionConfig())
+        mask = session.frame(*np.clip(box.bounds, 0, [w, h, w, h]))
+        for c in clicks:
+            mask = session.click(c.x, c.y, c.positive)
         if box.rotation % 90:
             mask = _parts_touching(mask, box)
-        return Region(box.label, mask, calibrated_score(float(out.iou[0, 0]), "box"))
+        return Region(box.label, mask, calibrated_score(session.score, "box"))
 
     def _clicks(
         self, image: np.ndarray, label: str, clicks: list[Click], project: str

@@ -261,8 +261,10 @@ def register(sub: Subparsers, bench: Subparsers) -> None:
         "--first-click",
         choices=FIRST_CLICKS,
         default="center",
-        help="first click at the object's deepest pixel (center, the default) or uniformly "
-        "inside it, 5 px or more from its boundary, seeded (random)",
+        help="first click at the object's deepest pixel (center, the default), uniformly "
+        "inside it, 5 px or more from its boundary, seeded (random), or the object's "
+        "bounding box as the first interaction (box: a smart rectangle, then clicks; the "
+        "plain SAM methods only)",
     )
     _common(p)
     p.set_defaults(func=_run_click)

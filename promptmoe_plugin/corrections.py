@@ -329,6 +329,7 @@ def correct_click(
     previous: np.ndarray,
     previous_iou: float,
     config: CorrectionConfig = CorrectionConfig(),
+    box: np.ndarray | None = None,
 ) -> Correction:
     """A later click: the new mask for all clicks so far.
 
@@ -339,23 +340,26 @@ def correct_click(
         previous: ``(256, 256) float32`` low-res logits of the current mask.
         previous_iou: its predicted IoU.
         config: the pool, scores and guard.
+        box: ``(4,)`` float x0, y0, x1, y1 image pixels of the box the object was started
+            with, part of every decode (None: a click-started object).
     """
     if config.until and len(labels) > config.until:
         config = PLAIN
-    prompt = Prompt(points=points, labels=labels, mask_logits=previous)
+    prompt = Prompt(points=points, labels=labels, box=box, mask_logits=previous)
+    fresh = Prompt(points=points, labels=labels, box=box)
     pool = _Pool(*_decode(engine, emb, prompt, config.multimask, ""))
     decodes = 1
     if config.previous:
         pool.extend(previous[None], np.array([previous_iou], np.float32), ["previous"])
     if config.fresh == "always":
-        pool.extend(*_decode(engine, emb, Prompt(points, labels), config.multimask, "fresh-"))
+        pool.extend(*_decode(engine, emb, fresh, config.multimask, "fresh-"))
         decodes += 1
     shape = lowres_shape(emb)
     xy = image_to_lowres(emb, np.asarray(points, np.float64) + 0.5)
     labels = np.asarray(labels)
     best, zone, clean = choose(pool.logits, pool.iou, xy, labels, previous, shape, config)
     if not clean and config.fresh == "auto":
-        pool.extend(*_decode(engine, emb, Prompt(points, labels), config.multimask, "fresh-"))
+        pool.extend(*_decode(engine, emb, fresh, config.multimask, "fresh-"))
         decodes += 1
         best, zone, clean = choose(pool.logits, pool.iou, xy, labels, previous, shape, config)
     logits, source = pool.logits[best], pool.source[best]

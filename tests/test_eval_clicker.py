@@ -7,11 +7,14 @@ import pytest
 
 from conftest import data_dir
 from promptmoe_plugin.clicks import SamClickSession
+from promptmoe_plugin.corrections import CorrectionConfig
+from promptmoe_plugin.sam import Prompt
 from promptmoe_plugin.eval import methods
 from promptmoe_plugin.eval.click_bench import _same_class, run_click_bench
 from promptmoe_plugin.eval.clicker import (
     Click,
     Clicker,
+    Frame,
     drops,
     iou_at,
     noc,
@@ -216,6 +219,48 @@ def test_random_first_click_is_seeded_and_away_from_the_boundary():
         Clicker(gt, first="random")
     with pytest.raises(ValueError, match="first click"):
         Clicker(gt, first="corner")
+
+
+def test_box_first_interaction_is_the_objects_bounding_box():
+    gt = rect((60, 80), 10, 50, 12, 70)
+    clicker = Clicker(gt, first="box")
+    assert clicker.next_click(gt & False) == Frame(12, 10, 70, 50)
+    # Then the protocol: the deepest pixel of the larger error region (15 px deep from
+    # row 24 to 35 in column 54: the first in row-major order).
+    pred = rect((60, 80), 10, 50, 12, 40)
+    assert clicker.next_click(pred) == Click(54, 24, True)
+
+
+def test_box_started_session_keeps_the_box_in_every_prompt(engine, voc):
+    """``frame`` is SAM's single mask for the box; a later click decodes the clicks with
+    the box (and, plain SAM, the previous logits; ``sam-fresh``, without them)."""
+    image, gt = voc["rgb"], voc["masks"][0]
+    ys, xs = np.nonzero(gt)
+    box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float64)
+    emb = engine.embed(image)
+    alone = engine.decode(emb, [Prompt(box=box)], multimask=False)
+    y, x = ys[len(ys) // 2], xs[len(xs) // 2]
+    for feed in (True, False):
+        session = SamClickSession(engine, image, feed_logits=feed)
+        assert np.array_equal(session.frame(*box), alone.masks[0, 0])
+        logits = alone.low_res_logits[0, 0] if feed else None
+        want = engine.decode(
+            emb,
+            [Prompt(np.array([[x, y]]), np.array([0]), box=box, mask_logits=logits)],
+            multimask=False,
+        )
+        assert np.array_equal(session.click(x, y, positive=False), want.masks[0, 0])
+        with pytest.raises(ValueError, match="only start an object"):
+            session.frame(*box)
+    guarded = SamClickSession(engine, image, corrections=CorrectionConfig())
+    guarded.frame(*box)
+    guarded.click(x, y, positive=False)
+    assert np.array_equal(guarded.box, box)
+
+
+def test_click_bench_box_start_refuses_smartsam(engine):
+    with pytest.raises(ValueError, match="drop smartsam-pure"):
+        run_click_bench(engine, ["nowhere"], ["sam", "smartsam-pure"], first_click="box")
 
 
 def test_drops_and_the_per_click_curve():

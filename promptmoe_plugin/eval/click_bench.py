@@ -18,7 +18,17 @@ import numpy as np
 from tqdm import tqdm
 
 from ..sam import SamEngine
-from .clicker import MAX_CLICKS, MIOU_AT, THRESHOLDS, Clicker, simulate, summarize_runs
+from .clicker import (
+    MAX_CLICKS,
+    MIOU_AT,
+    THRESHOLDS,
+    Click,
+    Clicker,
+    ClickRun,
+    Frame,
+    simulate,
+    summarize_runs,
+)
 from .coarse import sample_seed
 from .datasets import Sample, instance_class, sample_datasets
 from .methods import Reference, click_methods, click_runners
@@ -79,9 +89,10 @@ def run_click_bench(
         references: reference masks from up to this many earlier images.
         seed: run seed; each image's session seed is :func:`.coarse.sample_seed`.
         options: ``--option`` strings per target (:func:`.options.parse_options`).
-        first_click: ``"center"`` (the protocol's deepest pixel) or ``"random"`` (uniform
+        first_click: ``"center"`` (the protocol's deepest pixel), ``"random"`` (uniform
             inside the object, 5 px or more from its boundary, seeded per image; every
-            method gets the same click).
+            method gets the same click) or ``"box"`` (the object's bounding box first, as
+            an annotator's smart rectangle; plain SAM methods only).
         reference_pool: where references come from: ``"earlier"`` (the previous images of
             the dataset, whatever their object), ``"same-class"`` (other instances of the
             image's class, from other photos: a Label Studio label's exemplars), or
@@ -102,6 +113,11 @@ def run_click_bench(
             f"reference pool must be one of {', '.join(REFERENCE_POOLS)}, got {reference_pool!r}"
         )
     chosen = click_methods(methods)
+    if first_click == "box" and (framed := [m.name for m in chosen if m.intent is not None]):
+        raise ValueError(
+            f"--first-click box starts objects with a box, which SmartSAM does not take: "
+            f"drop {', '.join(framed)} (the plain SAM methods take a box)"
+        )
     runners = click_runners(engine, chosen, click_options(options or {}, chosen))
     data = sample_datasets(folders, limit)
     config = {
@@ -151,17 +167,15 @@ def run_click_bench(
                         "method": runner.name,
                         "references": len(refs),
                         "ious": run.ious,
-                        "clicks": [[c.x, c.y, int(c.positive)] for c in run.clicks],
+                        "clicks": [_interaction(c) for c in run.clicks],
                         "oracle_iou": run.oracle_iou,
                         "sec_per_click": run.seconds,
                     }
                 )
                 ext = extremes[runner.name]
                 if ext.wants(run.ious[0]):
-                    c = run.clicks[0]
                     title = f"{name}/{sample.name} click 1"
-                    points, labels = np.array([[c.x, c.y]]), np.array([int(c.positive)])
-                    ext.add(run.ious[0], Case(title, image, gt, run.masks[0], None, points, labels))
+                    ext.add(run.ious[0], _first_case(title, image, gt, run))
             if pool == "earlier":
                 earlier.append((image, gt))
     by_dataset = {
@@ -193,6 +207,22 @@ def run_click_bench(
 REFERENCE_POOLS = ("auto", "earlier", "same-class")
 #: A method's click 1 loses on an image when its IoU is this far below plain SAM's.
 LOSS = 0.30
+
+
+def _interaction(c: Click | Frame) -> list[int]:
+    """A click as ``[x, y, 1|0]``, a box as ``[x0, y0, x1, y1]`` (the JSON record)."""
+    if isinstance(c, Frame):
+        return [c.x0, c.y0, c.x1, c.y1]
+    return [c.x, c.y, int(c.positive)]
+
+
+def _first_case(title: str, image: np.ndarray, gt: np.ndarray, run: ClickRun) -> Case:
+    """The drawable first interaction of ``run`` (a click, or the box it started with)."""
+    c = run.clicks[0]
+    if isinstance(c, Frame):
+        return Case(title, image, gt, run.masks[0], box=np.array([c.x0, c.y0, c.x1, c.y1]))
+    points, labels = np.array([[c.x, c.y]]), np.array([int(c.positive)])
+    return Case(title, image, gt, run.masks[0], points=points, labels=labels)
 
 
 def _pool(choice: str, samples: Sequence[Sample]) -> str:

@@ -1,6 +1,7 @@
 """Click simulator (the RITM / SimpleClick protocol) and the click metrics.
 
-Protocol: the first click is at the ground-truth pixel farthest from the object boundary;
+Protocol: the first click is at the ground-truth pixel farthest from the object boundary
+(or, for box-started objects, the first interaction is the object's bounding box);
 each later click goes to the pixel farthest from the boundary of the larger error region
 (false negatives -> positive click, false positives -> negative click).  Distances are
 exact Euclidean distance transforms of the error masks zero-padded by one pixel, so the
@@ -29,8 +30,9 @@ MAX_CLICKS = 20
 THRESHOLDS = (0.85, 0.90)
 #: Clicks after which mIoU@k is reported.
 MIOU_AT = (1, 2, 3, 5)
-#: Where the first click goes: the object's deepest pixel, or uniformly inside the object.
-FIRST_CLICKS = ("center", "random")
+#: The first interaction: a click at the object's deepest pixel, a click uniformly inside
+#: the object, or the object's bounding box (a box-started object).
+FIRST_CLICKS = ("center", "random", "box")
 #: A ``random`` first click is at least this far (px) from the object's boundary.
 RANDOM_MARGIN = 5.0
 #: A click whose IoU falls more than this below the previous click's is a drop.
@@ -44,6 +46,17 @@ class Click:
     x: int
     y: int
     positive: bool
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A first interaction by a box: ``x0, y0, x1, y1`` image pixels (x1, y1 one past the
+    object's last column and row)."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
 
 
 def _depth(mask: np.ndarray) -> np.ndarray:
@@ -80,15 +93,22 @@ class Clicker:
         if self.valid.shape != gt.shape:
             raise ValueError(f"ignore {self.valid.shape} does not match gt {gt.shape}")
         self.not_clicked = np.ones(gt.shape, np.float32)
+        self.started = False
 
-    def next_click(self, pred: np.ndarray) -> Click | None:
+    def next_click(self, pred: np.ndarray) -> Click | Frame | None:
         """The next click for ``pred`` ``(H, W) bool``; None when there is no error left.
 
         With ``first="random"`` the first click (empty ``pred``) is drawn uniformly among
         the object's pixels at least :data:`RANDOM_MARGIN` px from its boundary (the
-        deepest pixel when none is that deep); every later click follows the protocol."""
-        if self.first == "random" and not pred.any() and self.not_clicked.all():
-            return self._random_first()
+        deepest pixel when none is that deep); with ``first="box"`` the first interaction
+        is the object's bounding box; every later click follows the protocol."""
+        if not self.started:
+            self.started = True
+            if self.first == "random":
+                return self._random_first()
+            if self.first == "box":
+                ys, xs = np.nonzero(self.gt)
+                return Frame(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
         fn = self.gt & ~pred & self.valid
         fp = ~self.gt & pred & self.valid
         fn_depth = _depth(fn) * self.not_clicked
@@ -115,13 +135,13 @@ class ClickRun:
 
     Attributes:
         ious: IoU after each click (ignore pixels excluded), in [0, 1].
-        clicks: the clicks made.
+        clicks: the clicks made (the first a :class:`Frame` for a box-started object).
         seconds: wall time of each click; the first includes creating the session.
         oracle_iou: best IoU over the session's first-click candidate pool, or None.
     """
 
     ious: list[float] = field(default_factory=list)
-    clicks: list[Click] = field(default_factory=list)
+    clicks: list[Click | Frame] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     oracle_iou: float | None = None
     masks: list[np.ndarray] = field(default_factory=list, repr=False)
@@ -158,7 +178,10 @@ def simulate(
         click = clicker.next_click(pred)
         if click is None:
             break
-        pred = session.click(click.x, click.y, click.positive)
+        if isinstance(click, Frame):
+            pred = session.frame(click.x0, click.y0, click.x1, click.y1)
+        else:
+            pred = session.click(click.x, click.y, click.positive)
         run.seconds.append(time.perf_counter() - t0)
         run.clicks.append(click)
         run.ious.append(iou(pred, gt, ignore))

@@ -53,6 +53,7 @@ class ClickMethod:
         corrected: plain SAM's first click with guarded later clicks
             (:mod:`~promptmoe_plugin.corrections`); SmartSAM methods always are, unless
             their options say ``corrections=none``.
+        feed_logits: plain SAM feeds the previous logits back (False: ``sam-fresh``).
     """
 
     name: str
@@ -61,6 +62,7 @@ class ClickMethod:
     multimask_first: bool = True
     uses_references: bool = False
     corrected: bool = False
+    feed_logits: bool = True
 
     @property
     def takes_options(self) -> bool:
@@ -81,6 +83,12 @@ CLICK_METHODS: Mapping[str, ClickMethod] = MappingProxyType(
                 "sam-single",
                 "plain SAM with single-mask output from click 1",
                 multimask_first=False,
+            ),
+            ClickMethod(
+                "sam-fresh",
+                "plain SAM without the previous logits: each click decodes all clicks so "
+                "far (and the box) afresh, single mask after click 1",
+                feed_logits=False,
             ),
             ClickMethod(
                 "sam-guarded",
@@ -187,6 +195,7 @@ class ClickRunner:
                 image,
                 multimask_first=self.method.multimask_first,
                 corrections=self.corrections,
+                feed_logits=self.method.feed_logits,
             )
         refs = list(references) if self.method.uses_references else []
         return SmartSamSession(
