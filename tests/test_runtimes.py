@@ -121,6 +121,33 @@ def test_corrupt_cached_graph_is_rebuilt(engine, built, tmp_path, monkeypatch, c
 
 
 @needs_openvino
+@needs_openvino
+def test_corrupt_external_data_is_rebuilt(engine, built, tmp_path, monkeypatch, caplog):
+    """A graph over 2 GB (SAM ViT-H) keeps its weights in files beside it: the manifest
+    holds each one's size and digest, and a damaged one is rebuilt like the graph."""
+    _, encoders, _ = built
+    good = _graph_dir(encoders[0]) / GRAPH
+    rebuilt = []
+
+    def export_with_external_data(sam, path):  # the graph, and a weights file beside it
+        rebuilt.append(path)
+        shutil.copyfile(good, path)
+        (path.parent / "blocks.0.attn.qkv.weight").write_bytes(b"\x01" * 4096)
+
+    monkeypatch.setattr(runtimes, "export_onnx", export_with_external_data)
+    monkeypatch.setattr(runtimes, "mask_agreement", lambda *args: 1.0)  # checked elsewhere
+    cache = tmp_path / "cache"
+    load_encoder(engine.sam, "openvino", cache, isolate=False)
+    folder = _graph_dir(load_encoder(engine.sam, "openvino", cache, isolate=False))
+    manifest = json.loads((folder / MANIFEST).read_text())
+    assert set(manifest["external"]) == {"blocks.0.attn.qkv.weight"} and len(rebuilt) == 1
+    (folder / "blocks.0.attn.qkv.weight").write_bytes(b"\x01" * 4095 + b"\x02")
+    with caplog.at_level(logging.WARNING, logger="promptmoe_plugin.sam.runtimes"):
+        encoder = load_encoder(engine.sam, "openvino", cache, isolate=False)
+    assert len(rebuilt) == 2 and "external data file" in caplog.text
+    assert encoder.info.name == "openvino" and encoder.info.fallback is None
+
+
 def test_runtime_that_fails_to_load_falls_back_to_torch(
     engine, built, torch_engine, monkeypatch, caplog
 ):

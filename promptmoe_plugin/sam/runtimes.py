@@ -247,13 +247,30 @@ def _graph_name(part: str) -> str:
     return GRAPH if part == "encoder" else DECODER_GRAPH
 
 
+def _external_files(folder: Path, graph: Path) -> dict[str, dict[str, Any]]:
+    """Size and SHA-256 of each file beside ``graph`` in ``folder`` but the manifest: the
+    external data of a graph over 2 GB (SAM ViT-H's weights), none for smaller ones."""
+    return {
+        p.name: {"size": p.stat().st_size, "sha256": _sha256(p)}
+        for p in sorted(folder.iterdir())
+        if p != graph and p.name != MANIFEST
+    }
+
+
 def _read_manifest(folder: Path, part: str = "encoder") -> dict[str, Any] | None:
-    """The manifest of a valid cached graph, or None when absent or corrupt."""
+    """The manifest of a valid cached graph, or None when absent or corrupt (the graph or
+    any of its external data files)."""
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
         graph = folder / _graph_name(part)
         if graph.stat().st_size != manifest["size"] or _sha256(graph) != manifest["sha256"]:
             raise ValueError("graph does not match its manifest")
+        for name, want in manifest.get("external", {}).items():
+            path = folder / name
+            if not path.is_file():
+                raise ValueError(f"external data file {name} is missing")
+            if path.stat().st_size != want["size"] or _sha256(path) != want["sha256"]:
+                raise ValueError(f"external data file {name} does not match its manifest")
         return manifest
     except FileNotFoundError:
         return None
@@ -639,6 +656,7 @@ def _export_into(
         manifest = {
             "size": graph.stat().st_size,
             "sha256": _sha256(graph),
+            "external": _external_files(tmp, graph),
             "agreement": agreement,
             "model_id": sam.model_id,
             "checkpoint": str(sam.checkpoint),
