@@ -93,7 +93,7 @@ class SamClickSession:
                 self.corrections,
                 self.box,
             )
-            masks = self.engine.upscale(self.emb, c.logits[None], "image") > 0
+            masks = self.engine.upscale_masks(self.emb, c.logits[None], "image")
             self.set_state(masks, np.array([c.iou]), c.logits[None], 0)
             return self.mask
         prompt = Prompt(

@@ -297,7 +297,7 @@ def _decode_pick(
     if reference is None:
         i = int(out.best()[0])
     else:
-        cands = engine.upscale(emb, out.low_res_logits[0], "working") > 0
+        cands = engine.upscale_masks(emb, out.low_res_logits[0], "working")
         i = int(np.argmax(mask_iou(cands, reference, empty=0.0)))
         clock.lap("upscale")
     return out.low_res_logits[0, i], float(out.iou[0, i])
@@ -575,7 +575,7 @@ def refine(
         if answer is None:
             log.warning("refinement produced an empty mask; returning the coarse mask")
             return Refinement(coarse.copy(), 0.0, clock.timings, experts=weights, signals=signals)
-    mask = engine.upscale(emb, answer.logits[None], "image")[0] > 0
+    mask = engine.upscale_masks(emb, answer.logits[None], "image")[0]
     clock.lap("upscale")
     if not mask.any():
         log.warning("refinement produced an empty mask; returning the coarse mask")

@@ -95,7 +95,7 @@ def measure_pairs(
         slot.append(index[key])
     out = engine.decode(emb, prompts, multimask=True, frame="none")
     best = out.low_res_logits[np.arange(len(prompts)), out.best()]
-    masks = engine.upscale(emb, best, "image") > 0
+    masks = engine.upscale_masks(emb, best, "image")
     measured = [mask_iou(m, gt, ignore=ignore, empty=1.0) for m in masks]
     table = np.full((len(EXPERTS), len(EXPERTS)), np.nan, np.float32)
     for (e, f), s in zip(pairs, slot, strict=True):

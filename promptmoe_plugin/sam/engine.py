@@ -372,7 +372,7 @@ class SamEngine:
             self._stats.decoded_prompts += len(prompts)
         masks = None
         if frame != "none":
-            masks = self.upscale(emb, logits.reshape(-1, LOW_RES, LOW_RES), frame) > 0
+            masks = self.upscale_masks(emb, logits.reshape(-1, LOW_RES, LOW_RES), frame)
             masks = masks.reshape(len(prompts), m, *masks.shape[1:])
         return Decoded(iou=iou, low_res_logits=logits, masks=masks)
 
@@ -454,6 +454,19 @@ class SamEngine:
             multimask_output=multimask,
         )
         return low_res.float().cpu().numpy(), iou.float().cpu().numpy()
+
+    def upscale_masks(
+        self, emb: ImageEmbedding, low_res_logits: np.ndarray, frame: Frame = "image"
+    ) -> np.ndarray:
+        """``(N, 256, 256)`` low-res logits -> ``(N, H, W)`` (image) or ``(N, h, w)``
+        (working) bool masks, logits > 0 after :meth:`upscale`; one mask at a time, so only
+        one mask's float32 logits are held at full size (192 MB for an 8000 x 6000 image,
+        instead of N times that)."""
+        out_hw = emb.original_size if frame == "image" else emb.input_size
+        masks = np.empty((len(low_res_logits), *out_hw), bool)
+        for i in range(len(low_res_logits)):
+            masks[i] = self.upscale(emb, low_res_logits[i : i + 1], frame)[0] > 0
+        return masks
 
     @torch.inference_mode()
     def upscale(

@@ -259,7 +259,7 @@ class SmartSamSession:
         access; for oracle figures)."""
         if not len(self.pool):
             return None
-        return self.engine.upscale(self.emb, self.pool.logits, "image") > 0
+        return self.engine.upscale_masks(self.emb, self.pool.logits, "image")
 
     def click(self, x: float, y: float, positive: bool = True) -> np.ndarray:
         """Add a click at image pixel ``(x, y)``; returns the new ``(H, W) bool`` mask."""
@@ -272,7 +272,7 @@ class SmartSamSession:
         self._sam.points.append((float(x), float(y)))
         self._sam.labels.append(1)
         logits = self.pool.logits[index : index + 1]
-        masks = self.engine.upscale(self.emb, logits, "image") > 0
+        masks = self.engine.upscale_masks(self.emb, logits, "image")
         self._sam.set_state(masks, self.pool.iou[index : index + 1], logits, 0)
         return self.mask
 
