@@ -160,7 +160,9 @@ def simulate(
     """Run the click protocol on one image.
 
     Args:
-        start: ``() -> ClickSession``, called once (its time counts towards click 1).
+        start: ``() -> ClickSession``, called once (its time counts towards click 1); a
+            box-started run (``Clicker(first="box")``) needs a session with ``frame``
+            (:class:`~promptmoe_plugin.clicks.SamClickSession`).
         gt, ignore: ``(H, W) bool`` ground truth and ignore band, image frame.
         max_clicks: click budget (20 in the protocol).
         stop_iou: stop once IoU >= this after at least ``min_clicks`` clicks (later clicks
