@@ -87,7 +87,7 @@ class BackgroundEmbedder:
     they share the machine (``EMBED_DELAY``).
     """
 
-    def __init__(self, engine: SamEngine, fetcher: ImageFetcher, delay: float = 0.5):
+    def __init__(self, engine: SamEngine, fetcher: ImageFetcher, delay: float):
         self.engine = engine
         self.fetcher = fetcher
         self.delay = delay
