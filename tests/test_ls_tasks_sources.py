@@ -175,6 +175,10 @@ def test_batch_and_job_settings():
         load_settings({"BATCH_SECONDS": "100"})
     with pytest.raises(ValueError, match="JOB_WORKERS must be >= 1"):
         load_settings({"JOB_WORKERS": "0"})
+    assert load_settings({}).embed_delay == 0.5
+    assert load_settings({"EMBED_DELAY": "0"}).embed_delay == 0.0
+    with pytest.raises(ValueError, match="EMBED_DELAY must be in 0..60"):
+        load_settings({"EMBED_DELAY": "-1"})
 
 
 def test_without_label_studio_there_is_no_job_and_jobs_says_why(scene):
