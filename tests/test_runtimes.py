@@ -363,6 +363,22 @@ def test_exported_decoder_upscales_within_tolerance(torch_engine, ort_decoder_en
         assert ((got > 0) != (ref > 0)).mean() < 1e-4
 
 
+@needs_onnxruntime
+def test_large_masks_thresholded_in_bands_match_torch(
+    torch_engine, ort_decoder_engine, voc, monkeypatch
+):
+    from promptmoe_plugin.sam import engine as engine_module
+
+    emb = torch_engine.embed(voc["rgb"])
+    prompts = [Prompt(points=[_deepest_point(m)], labels=[1]) for m in voc["masks"][:4]]
+    logits = torch_engine.decode(emb, prompts, frame="none").low_res_logits.reshape(-1, 256, 256)
+    ref = torch_engine.upscale_masks(emb, logits, "image")
+    monkeypatch.setattr(engine_module, "BANDED_UPSCALE_BYTES", 0)  # every image is "large"
+    got = ort_decoder_engine.upscale_masks(emb, logits, "image")
+    assert got.shape == ref.shape == (len(logits), 375, 500) and got.dtype == bool
+    assert (got != ref).mean() < 1e-4
+
+
 def test_decoder_runtime_follows_the_encoder_runtime(torch_engine, engine, tmp_path, monkeypatch):
     assert torch_engine.decoder_info.name == "torch"  # runtime="torch": the reference path
     seen = []

@@ -249,6 +249,25 @@ def test_frames_and_upscale(engine, voc):
     np.testing.assert_array_equal(up > 0, image.masks[0])
 
 
+@pytest.mark.parametrize(
+    ("src_hw", "out_hw"),
+    [((768, 1024), (6000, 8000)), ((819, 1024), (1000, 1251)), ((77, 51), (30, 20))],
+)
+def test_banded_threshold_equals_resize_then_threshold(src_hw, out_hw):
+    import cv2
+
+    from promptmoe_plugin.sam.engine import _greater_zero_resized
+
+    rng = np.random.default_rng(0)
+    coarse = rng.normal(size=(12, 9)).astype(np.float32)
+    logits = cv2.resize(coarse, src_hw[::-1], interpolation=cv2.INTER_LINEAR)
+    out = np.zeros(out_hw, bool)
+    _greater_zero_resized(logits, out, rows=97)  # bands that do not divide the height
+    ref = cv2.resize(logits, out_hw[::-1], interpolation=cv2.INTER_LINEAR) > 0
+    assert 0.2 < ref.mean() < 0.8
+    assert (out != ref).sum() <= out.size * 1e-6
+
+
 def test_large_image_is_encoded_at_working_size(engine):
     big = np.zeros((6000, 8000, 3), np.uint8)
     big[1500:4500, 2000:6000] = (200, 30, 30)

@@ -42,8 +42,10 @@ log = logging.getLogger(__name__)
 #: 2 cores, ``promptmoe bench engine``), so there each set gets its own call; a GPU gains
 #: from large batches.  The chunk also bounds one call's memory.
 DECODE_CHUNK = {"cpu": 1, "cuda": 64}
-#: Upsampled logits held at once when mapping masks to the image frame.
-UPSCALE_BYTES = 256 * 1024 * 1024
+#: Above this size of one mask's float32 logits in the image frame, an exported decoder's
+#: masks are thresholded in bands of rows (:func:`_greater_zero_resized`) instead of
+#: resizing the whole map first: 192 MB for an 8000 x 6000 image.
+BANDED_UPSCALE_BYTES = 64 * 1024 * 1024
 
 Frame = Literal["image", "working", "none"]
 
@@ -464,42 +466,89 @@ class SamEngine:
         instead of N times that)."""
         out_hw = emb.original_size if frame == "image" else emb.input_size
         masks = np.empty((len(low_res_logits), *out_hw), bool)
+        banded = (
+            self.decoder.info.name != "torch"
+            and frame == "image"
+            and 4 * out_hw[0] * out_hw[1] > BANDED_UPSCALE_BYTES
+        )
         for i in range(len(low_res_logits)):
-            masks[i] = self.upscale(emb, low_res_logits[i : i + 1], frame)[0] > 0
+            if banded:
+                working = self._upscale_one(emb, low_res_logits[i], "working")
+                _greater_zero_resized(working, masks[i])
+            else:
+                np.greater(self._upscale_one(emb, low_res_logits[i], frame), 0, out=masks[i])
         return masks
 
-    @torch.inference_mode()
     def upscale(
         self, emb: ImageEmbedding, low_res_logits: np.ndarray, frame: Frame = "image"
     ) -> np.ndarray:
         """Map ``(N, 256, 256)`` low-res logits to ``(N, H, W)`` (image) or ``(N, h, w)``
-        (working) float32 logits, bilinear as SAM does; threshold at 0 for masks.
+        (working) float32 logits, bilinear as SAM does; threshold at 0 for masks (or use
+        :meth:`upscale_masks`, which holds less)."""
+        out_hw = emb.original_size if frame == "image" else emb.input_size
+        out = np.empty((len(low_res_logits), *out_hw), np.float32)
+        for i in range(len(low_res_logits)):
+            self._upscale_one(emb, low_res_logits[i], frame, out=out[i])
+        return out
+
+    @torch.inference_mode()
+    def _upscale_one(
+        self,
+        emb: ImageEmbedding,
+        logits: np.ndarray,
+        frame: Frame,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """One ``(256, 256)`` low-res logit map -> ``(H, W)`` or ``(h, w)`` float32, written
+        into ``out`` when given.
 
         With the torch decoder, ``F.interpolate`` as SAM's postprocessing; with an exported
         one, ``cv2.resize`` (the same half-pixel bilinear map in float32, within ~1e-4 of
-        it, a few times faster and without the upsampled 1024 x 1024 copy per batch)."""
+        it, a few times faster, and resized straight into ``out``)."""
         h, w = emb.input_size
         out_hw = emb.original_size if frame == "image" else emb.input_size
-        n = len(low_res_logits)
-        out = np.empty((n, *out_hw), np.float32)
+        resize_to_image = frame == "image" and out_hw != (h, w)
         if self.decoder.info.name != "torch":
-            for i in range(n):
-                up = cv2.resize(
-                    np.asarray(low_res_logits[i], np.float32),
-                    (IMAGE_SIZE, IMAGE_SIZE),
-                    interpolation=cv2.INTER_LINEAR,
-                )[:h, :w]
-                if frame == "image" and out_hw != (h, w):
-                    up = cv2.resize(up, out_hw[::-1], interpolation=cv2.INTER_LINEAR)
-                out[i] = up
-            return out
-        per_mask = 4 * max(IMAGE_SIZE * IMAGE_SIZE, out_hw[0] * out_hw[1])
-        step = max(1, UPSCALE_BYTES // per_mask)
-        for s in range(0, n, step):
-            t = torch.as_tensor(low_res_logits[s : s + step], device=self.device)[:, None]
+            up = cv2.resize(
+                np.asarray(logits, np.float32),
+                (IMAGE_SIZE, IMAGE_SIZE),
+                interpolation=cv2.INTER_LINEAR,
+            )[:h, :w]
+            if resize_to_image:
+                return cv2.resize(up, out_hw[::-1], dst=out, interpolation=cv2.INTER_LINEAR)
+        else:
+            t = torch.as_tensor(logits, dtype=torch.float32, device=self.device)[None, None]
             t = F.interpolate(t, (IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False)
             t = t[..., :h, :w]
-            if frame == "image" and out_hw != (h, w):
+            if resize_to_image:
                 t = F.interpolate(t, out_hw, mode="bilinear", align_corners=False)
-            out[s : s + step] = t[:, 0].cpu().numpy()
+            up = t[0, 0].cpu().numpy()
+        if out is None:
+            return np.ascontiguousarray(up)
+        out[...] = up
         return out
+
+
+def _greater_zero_resized(logits: np.ndarray, out: np.ndarray, rows: int = 512) -> None:
+    """Write ``resize(logits) > 0`` into ``out`` ``(H, W)`` bool, ``rows`` output rows at a
+    time; ``logits`` ``(h, w)`` float32.
+
+    The bilinear map is ``cv2.resize``'s (half-pixel centres, edges clamped): a horizontal
+    pass to ``(h, W)`` with cv2, then each band's vertical blend of two rows in numpy, so
+    only ``(h, W)`` and one band are held in float32, never the ``(H, W)`` map."""
+    h = logits.shape[0]
+    height, width = out.shape
+    across = cv2.resize(np.asarray(logits, np.float32), (width, h), interpolation=cv2.INTER_LINEAR)
+    scale = h / height
+    for r0 in range(0, height, rows):
+        ys = (np.arange(r0, min(height, r0 + rows)) + 0.5) * scale - 0.5
+        top = np.floor(ys)
+        weight = (ys - top).astype(np.float32)
+        weight[top < 0] = 0
+        top = np.clip(top, 0, h - 1).astype(np.intp)
+        band = across[top]
+        band *= (1 - weight)[:, None]
+        below = across[np.minimum(top + 1, h - 1)]
+        below *= weight[:, None]
+        band += below
+        np.greater(band, 0, out=out[r0 : r0 + len(ys)])
