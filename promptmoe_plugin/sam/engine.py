@@ -464,7 +464,7 @@ class SamEngine:
         (working) bool masks, logits > 0 after :meth:`upscale`; one mask at a time, so only
         one mask's float32 logits are held at full size (192 MB for an 8000 x 6000 image,
         instead of N times that)."""
-        out_hw = emb.original_size if frame == "image" else emb.input_size
+        out_hw = _frame_shape(emb, frame)
         masks = np.empty((len(low_res_logits), *out_hw), bool)
         banded = (
             self.decoder.info.name != "torch"
@@ -485,7 +485,7 @@ class SamEngine:
         """Map ``(N, 256, 256)`` low-res logits to ``(N, H, W)`` (image) or ``(N, h, w)``
         (working) float32 logits, bilinear as SAM does; threshold at 0 for masks (or use
         :meth:`upscale_masks`, which holds less)."""
-        out_hw = emb.original_size if frame == "image" else emb.input_size
+        out_hw = _frame_shape(emb, frame)
         out = np.empty((len(low_res_logits), *out_hw), np.float32)
         for i in range(len(low_res_logits)):
             self._upscale_one(emb, low_res_logits[i], frame, out=out[i])
@@ -500,13 +500,13 @@ class SamEngine:
         out: np.ndarray | None = None,
     ) -> np.ndarray:
         """One ``(256, 256)`` low-res logit map -> ``(H, W)`` or ``(h, w)`` float32, written
-        into ``out`` when given.
+        into ``out`` when given (else possibly a view: read it, do not keep it).
 
         With the torch decoder, ``F.interpolate`` as SAM's postprocessing; with an exported
         one, ``cv2.resize`` (the same half-pixel bilinear map in float32, within ~1e-4 of
         it, a few times faster, and resized straight into ``out``)."""
         h, w = emb.input_size
-        out_hw = emb.original_size if frame == "image" else emb.input_size
+        out_hw = _frame_shape(emb, frame)
         resize_to_image = frame == "image" and out_hw != (h, w)
         if self.decoder.info.name != "torch":
             up = cv2.resize(
@@ -524,9 +524,14 @@ class SamEngine:
                 t = F.interpolate(t, out_hw, mode="bilinear", align_corners=False)
             up = t[0, 0].cpu().numpy()
         if out is None:
-            return np.ascontiguousarray(up)
+            return up
         out[...] = up
         return out
+
+
+def _frame_shape(emb: ImageEmbedding, frame: Frame) -> tuple[int, int]:
+    """``(H, W)`` of the image frame or ``(h, w)`` of the working frame."""
+    return emb.original_size if frame == "image" else emb.input_size
 
 
 def _greater_zero_resized(logits: np.ndarray, out: np.ndarray, rows: int = 512) -> None:
