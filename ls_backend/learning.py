@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from promptmoe_plugin.experts.depth import DepthEstimator
-from promptmoe_plugin.router import Router, load_router, refit_router
+from promptmoe_plugin.router import Router, load_router
+from promptmoe_plugin.selector_data import refit_router
 from promptmoe_plugin.sam import SamEngine
 from promptmoe_plugin.smartsam.intent import Intent
 

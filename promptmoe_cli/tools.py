@@ -111,6 +111,7 @@ def _run_train_router(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         seed=args.seed,
         examples=args.examples,
+        include_gated=args.include_gated,
     )
     meta = figures
     print(f"trained on {len(meta['trained_on'])} images; held out {len(meta['held_out'])} images")
@@ -240,6 +241,12 @@ def register(sub: Subparsers, bench: Subparsers) -> None:
         "--holdout", type=float, default=1 / 3, help="share of --data images held out (default 1/3)"
     )
     p.add_argument("--epochs", type=int, default=300, help="training epochs (default 300)")
+    p.add_argument(
+        "--include-gated",
+        action="store_true",
+        help="also measure drafts the box gate answers (default: only drafts where the "
+        "gate stays shut, the only ones the selector is asked about)",
+    )
     p.add_argument(
         "--seed", type=int, default=0, help="seed of sampling, split and fit (default 0)"
     )

@@ -425,22 +425,22 @@ def _expert_saliency(
     return weights, saliency
 
 
-def _promptmoe(
+def experts_answer(
     engine: SamEngine,
     emb: ImageEmbedding,
     m0: np.ndarray,
-    variant: str,
-    cfg: RefineConfig,
-    router: Router | None,
-    depth: DepthEstimator | None,
+    saliency: np.ndarray,
+    config: RefineConfig,
     agreement: float,
-    clock: _Clock,
-) -> tuple[dict[str, float], _Answer | None]:
-    """The PromptMoE path for ``m0`` ``(h, w) bool`` (working frame): experts and fusion,
-    PPE points on the saliency, and a mask prompt weaker where the experts see little
-    object and overall when SAM's box answer disagrees with the draft (``agreement`` in
-    [0, 1]).  Returns the expert weights and :func:`_iterate`'s result."""
-    weights, saliency = _expert_saliency(engine, emb, m0, variant, cfg, router, depth, clock)
+    clock: _Clock | None = None,
+) -> _Answer | None:
+    """SAM's answer to the PromptMoE prompts for the draft ``m0`` ``(h, w) bool`` and the
+    fused expert ``saliency`` ``(h, w) float32`` in [0, 1], both working frame: PPE points
+    on the saliency, and a mask prompt weaker where the experts see little object and
+    overall when SAM's box answer disagrees with the draft (``agreement`` in [0, 1],
+    :func:`box_agreement`).  Returns :func:`_iterate`'s result (None: an empty first
+    answer)."""
+    cfg = config
 
     def place(mask: np.ndarray) -> np.ndarray:
         first = samrefiner_points(mask) if cfg.anchor else None
@@ -449,8 +449,15 @@ def _promptmoe(
     mix = cfg.prompt_mix
     scale = mix + (1 - mix) * saliency if mix < 1 else None
     strength = cfg.strength * agreement**cfg.agreement_power
-    answer = _iterate(engine, emb, m0, place, cfg.iterations, cfg.gamma, strength, clock, scale)
-    return weights, answer
+    clock = clock or _Clock()
+    return _iterate(engine, emb, m0, place, cfg.iterations, cfg.gamma, strength, clock, scale)
+
+
+def box_agreement(engine: SamEngine, emb: ImageEmbedding, m0: np.ndarray) -> float:
+    """IoU in [0, 1] of SAM's most confident answer to the tight box of the draft ``m0``
+    ``(h, w) bool`` (working frame) with the draft: what the box gate compares with
+    ``RefineConfig.box_gate`` and the mask prompt's strength follows."""
+    return _agreement(engine, emb, m0, _Clock())[0]
 
 
 def _validate_inputs(
@@ -546,9 +553,10 @@ def refine(
                 # the image's edges, and further prompts mostly pull it back to the draft.
                 answer, source = box, "box"
             else:
-                weights, answer = _promptmoe(
-                    engine, emb, m0, variant, cfg, router, depth, agreement, clock
+                weights, saliency = _expert_saliency(
+                    engine, emb, m0, variant, cfg, router, depth, clock
                 )
+                answer = experts_answer(engine, emb, m0, saliency, cfg, agreement, clock)
                 source = "experts"
                 if cfg.stable_pick:
                     rival = plain()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from conftest import data_dir
 from promptmoe_plugin.eval.router_data import train_router
 from promptmoe_plugin.router import load_examples, load_router
@@ -11,6 +12,9 @@ def test_train_router_from_folders_and_example_cache(engine, tmp_path):
     folder = str(data_dir("GrabCut"))
     cache, out = tmp_path / "examples", tmp_path / "router.pt"
     kwargs = dict(images=2, kinds=("lowres",), holdout=0.5, epochs=3, seed=0, progress=False)
+    with pytest.raises(ValueError, match="box gate"):  # both near-correct drafts: gate opens
+        train_router(engine, [folder], [], out, examples=cache, **kwargs)
+    kwargs["include_gated"] = True
     meta = train_router(engine, [folder], [], out, examples=cache, **kwargs)
     # Two seeded-random images (as drawn before: 69020 and book), one held out.
     assert sorted(meta["trained_on"] + meta["held_out"]) == ["GrabCut/69020", "GrabCut/book"]

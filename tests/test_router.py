@@ -18,8 +18,6 @@ from promptmoe_plugin.router import (
     fit,
     load_examples,
     load_router,
-    make_example,
-    refit_router,
     save_examples,
     save_router,
     shape_features,
@@ -121,7 +119,8 @@ def _examples(n_images: int) -> list[Example]:
         for kind in ("lowres", "morph"):
             iou = rng.uniform(0.5, 1, (len(EXPERTS), len(EXPERTS))).astype(np.float32)
             ctx = rng.normal(size=CONTEXT_DIM).astype(np.float32)
-            out.append(Example(f"ds/img{i}", kind, ctx, iou, float(rng.uniform())))
+            u, a = rng.uniform(size=2)
+            out.append(Example(f"ds/img{i}", kind, ctx, iou, float(u), float(a)))
     return out
 
 
@@ -130,8 +129,8 @@ def test_examples_round_trip_and_split_by_image(tmp_path):
     path = tmp_path / "examples.npz"
     save_examples(examples, path)
     loaded = load_examples(path)
-    assert [(e.name, e.kind, e.unrefined) for e in loaded] == [
-        (e.name, e.kind, e.unrefined) for e in examples
+    assert [(e.name, e.kind, e.unrefined, e.agreement) for e in loaded] == [
+        (e.name, e.kind, e.unrefined, e.agreement) for e in examples
     ]
     for a, b in zip(loaded, examples, strict=True):
         np.testing.assert_array_equal(a.context, b.context)
@@ -143,41 +142,3 @@ def test_examples_round_trip_and_split_by_image(tmp_path):
     )  # both kinds of an image together
     again = split_by_image(examples, 1 / 3, seed=0)
     assert [e.name for e in again[1]] == [e.name for e in held]  # seeded
-
-
-def test_make_example_measures_every_available_pair(engine, voc):
-    from promptmoe_plugin.eval.coarse import make_coarse
-
-    image = voc["rgb"]
-    gt = voc["masks"][np.argmax(voc["masks"].sum(axis=(1, 2)))]
-    coarse = make_coarse(gt, image, "morph", seed=2)
-    names = ("edge", "color", "depth")  # no depth estimator: depth is left out
-    ex = make_example(engine, "voc/0", "morph", image, coarse, gt, None, names)
-    e, c, d = (EXPERTS.index(n) for n in names)
-    assert np.isfinite(ex.iou[e, c]) and ex.iou[e, c] == ex.iou[c, e] and 0 < ex.iou[e, c] <= 1
-    assert np.isnan(ex.iou[e, d]) and np.isnan(ex.iou[e, e])
-    inter, union = (coarse & gt).sum(), (coarse | gt).sum()
-    assert ex.unrefined == pytest.approx(inter / union)
-    assert ex.context.shape == (CONTEXT_DIM,)
-
-
-def test_refit_from_triples_writes_weights(engine, voc, tmp_path):
-    from promptmoe_plugin.eval.coarse import make_coarse
-
-    image = voc["rgb"]
-    final = voc["masks"][np.argmax(voc["masks"].sum(axis=(1, 2)))]
-    draft = make_coarse(final, image, "morph", seed=1)
-    out = tmp_path / "refit.pt"
-    figures = refit_router(
-        engine,
-        [(image, draft, final)],
-        out,
-        epochs=20,
-        names=("edge", "color", "brightness", "contrast"),
-    )
-    assert out.is_file() and figures["examples"] == 1
-    assert 0 <= figures["after"]["router_iou"] <= 100 and np.isfinite(figures["loss"])
-    refit = load_router(out)
-    assert refit.meta["refit_examples"] == 1
-    with pytest.raises(ValueError):
-        refit_router(engine, [], out)

@@ -165,3 +165,18 @@ def make_coarse(gt: np.ndarray, image: np.ndarray, kind: str, seed: int = 0) -> 
     if kind == "grabcut":
         return grabcut(gt, image, seed)
     raise ValueError(f"unknown coarse kind {kind!r}: use one of {', '.join(KINDS)}")
+
+
+def try_coarse(
+    gt: np.ndarray, image: np.ndarray, kind: str, seed: int
+) -> tuple[np.ndarray | None, str]:
+    """The coarse mask of ``kind`` (``(H, W) bool``, image frame), or None and the reason
+    when it cannot be made or is empty (e.g. a small object gone at 16x downsampling):
+    such a sample is skipped, never the whole run."""
+    try:
+        initial = make_coarse(gt, image, kind, seed)
+    except cv2.error as exc:
+        return None, f"the {kind} coarse mask failed: {str(exc).strip().splitlines()[-1]}"
+    if not initial.any():
+        return None, f"the {kind} coarse mask is empty"
+    return initial, ""

@@ -15,12 +15,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
 from ..sam import SamEngine
-from .coarse import KINDS, make_coarse, sample_seed
+from .coarse import KINDS, sample_seed, try_coarse
 from .datasets import sample_datasets
 from .methods import UNREFINED, refine_methods, refine_runners
 from .metrics import boundary_iou, iou
@@ -157,7 +156,7 @@ def run_refine_bench(
             engine.embed(image)
             s = sample_seed(seed, sample.name)
             for kind in kinds:
-                initial, reason = _coarse(gt, image, kind, s)
+                initial, reason = try_coarse(gt, image, kind, s)
                 if initial is None:
                     log.warning("%s/%s %s: skipped (%s)", name, sample.name, kind, reason)
                     skipped.append(
@@ -229,21 +228,6 @@ def _complete(records: list[dict[str, Any]], kinds: Sequence[str]) -> list[dict[
             len(found) - len(whole),
         )
     return [r for r in records if (r["dataset"], r["image"]) in whole]
-
-
-def _coarse(
-    gt: np.ndarray, image: np.ndarray, kind: str, seed: int
-) -> tuple[np.ndarray | None, str]:
-    """The coarse mask of ``kind`` (``(H, W) bool``, image frame), or None and the reason
-    when it cannot be made or is empty (e.g. a small object gone at 16x downsampling):
-    such a sample is skipped, never the whole run."""
-    try:
-        initial = make_coarse(gt, image, kind, seed)
-    except cv2.error as exc:
-        return None, f"the {kind} coarse mask failed: {str(exc).strip().splitlines()[-1]}"
-    if not initial.any():
-        return None, f"the {kind} coarse mask is empty"
-    return initial, ""
 
 
 def _write_refine_report(out: Path, result: dict[str, Any], extremes: dict[str, Extremes]) -> None:

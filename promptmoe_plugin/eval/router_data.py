@@ -20,13 +20,13 @@ from ..router import (
     evaluate,
     fit,
     load_examples,
-    make_example,
     save_examples,
     save_router,
     split_by_image,
 )
 from ..sam import SamEngine
-from .coarse import KINDS, make_coarse, sample_seed
+from ..selector_data import make_example
+from .coarse import KINDS, sample_seed, try_coarse
 from .datasets import sample_datasets
 
 log = logging.getLogger(__name__)
@@ -40,27 +40,55 @@ def collect_examples(
     rng: np.random.Generator,
     *,
     depth: DepthEstimator | None = None,
+    include_gated: bool = False,
     desc: str = "images",
     progress: bool = True,
 ) -> list[Example]:
     """Measured examples of ``images`` seeded-random images of each folder (0: all), one per
-    coarse kind whose mask is not empty.
+    coarse kind whose mask can be made and is not empty and, unless ``include_gated``, whose
+    draft the box gate does not answer (the selector is asked only where it stays shut).
 
     The images are drawn with ``rng`` (:func:`.datasets.sample_datasets`, one permutation
     per folder, so successive calls continue its stream); each coarse mask is seeded by
-    the image name with run seed 0.  Examples are named ``dataset/image``.
+    the image name with run seed 0.  Examples are named ``dataset/image``; drafts skipped
+    (empty, or answered by the gate) are logged with their count.
     """
     chosen = [(name, s) for name, found in sample_datasets(folders, images, rng=rng) for s in found]
-    examples = []
-    for dataset, sample in tqdm(chosen, desc=desc, unit="image", disable=not progress):
+    examples, unmade, gated = [], 0, 0
+    bar = tqdm(chosen, desc=desc, unit="image", disable=not progress)
+    for dataset, sample in bar:
         image, gt, ignore = sample.load()
+        name = f"{dataset}/{sample.name}"
         for kind in kinds:
-            coarse = make_coarse(gt, image, kind, sample_seed(0, sample.name))
-            if coarse.any():
-                name = f"{dataset}/{sample.name}"
-                examples.append(
-                    make_example(engine, name, kind, image, coarse, gt, ignore, depth=depth)
-                )
+            coarse, reason = try_coarse(gt, image, kind, sample_seed(0, sample.name))
+            if coarse is None:
+                log.info("%s skipped: %s", name, reason)
+                unmade += 1
+                continue
+            example = make_example(
+                engine,
+                name,
+                kind,
+                image,
+                coarse,
+                gt,
+                ignore,
+                depth=depth,
+                skip_gated=not include_gated,
+            )
+            if example is None:
+                gated += 1
+            else:
+                examples.append(example)
+        bar.set_postfix(examples=len(examples), gated=gated)
+    log.info(
+        "%s: %d examples; skipped %d drafts that could not be made or were empty and %d "
+        "answered by the box gate",
+        desc,
+        len(examples),
+        unmade,
+        gated,
+    )
     return examples
 
 
@@ -81,6 +109,11 @@ def _cached_or_collected(
         log.info("loaded %d + %d examples from %s", len(pool), len(extra), cache)
         return pool, extra
     pool = collect(data, desc="training images")
+    if not pool:
+        raise ValueError(
+            "no training examples: every draft was empty or answered by the box gate "
+            "(measure those too with include_gated / --include-gated)"
+        )
     extra = collect(holdout_data, desc="held-out images") if holdout_data else []
     if cache:
         save_examples(pool, train_file)
@@ -102,12 +135,13 @@ def train_router(
     seed: int = 0,
     examples: str | Path | None = None,
     depth_model: str | None = None,
+    include_gated: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train the expert selector on dataset folders and save its weights to ``out``.
 
     Every chosen image gets one example per coarse kind: the measured refined IoU of each
-    expert pair (:func:`promptmoe_plugin.router.make_example`).  A share ``holdout`` of the
+    expert pair (:func:`promptmoe_plugin.selector_data.make_example`).  A share ``holdout`` of the
     ``data`` images (drawn with ``seed``) is held out, together with every ``holdout_data``
     image; the selector is fitted on the rest.
 
@@ -124,6 +158,8 @@ def train_router(
         examples: cache of the measured examples (``<examples>.train.npz`` and
             ``.holdout.npz``): reused when present, written otherwise.
         depth_model: depth model (path or hub id) for the depth expert (None: none).
+        include_gated: also measure drafts the box gate answers (by default only drafts
+            where the gate stays shut and the selector is asked).
         progress: show progress bars while measuring.
 
     Returns:
@@ -139,6 +175,7 @@ def train_router(
         kinds=kinds,
         rng=np.random.default_rng(seed),
         depth=DepthEstimator(depth_model) if depth_model else None,
+        include_gated=include_gated,
         progress=progress,
     )
     cache = Path(examples) if examples else None

@@ -1,8 +1,9 @@
 """Dynamic Expert Selector (DES): a small network that picks two experts per image and mask.
 
 :mod:`.features` computes the context (518 numbers), :mod:`.network` scores expert pairs
-and gates them (:class:`Router`, the shipped weights), :mod:`.training` measures pair IoUs
-and fits the network (``promptmoe train-router`` drives it from dataset folders).
+and gates them (:class:`Router`, the shipped weights), :mod:`.training` fits the network to pair
+IoUs measured by ``promptmoe_plugin.selector_data`` (``promptmoe train-router`` drives both
+from dataset folders).
 """
 
 from .features import CONTEXT_DIM, context_features, shape_features
@@ -12,9 +13,6 @@ from .training import (
     evaluate,
     fit,
     load_examples,
-    make_example,
-    measure_pairs,
-    refit_router,
     save_examples,
     split_by_image,
 )
@@ -30,9 +28,6 @@ __all__ = [
     "fit",
     "load_examples",
     "load_router",
-    "make_example",
-    "measure_pairs",
-    "refit_router",
     "save_examples",
     "save_router",
     "shape_features",

@@ -1,16 +1,14 @@
-"""Training the selector: measure every expert pair's refined IoU, fit the pair scores.
+"""Fitting the selector: pair scores fitted to measured pair IoUs.
 
-For an image, a ground truth and a coarse mask, :func:`measure_pairs` refines the mask
-once per expert pair (equal weights, one PPE step, decoded in one batch) and records the
-IoU with the ground truth; :func:`fit` fits the network's pair scores to those IoUs with
-a listwise softmax loss.  Collecting examples from dataset folders is the evaluation
-layer's job (``promptmoe_plugin.eval.router_data``).
+An :class:`Example` holds a context and the measured refined IoU of every expert pair
+(measured through the refinement pipeline by ``promptmoe_plugin.selector_data``);
+:func:`fit` fits the network's pair scores to those IoUs with a listwise softmax loss and
+:func:`evaluate` reports the pick's figures.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,14 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..experts import EXPERTS, DepthEstimator, ExpertInput, available_experts, expert_maps
-from ..fusion import fuse
-from ..masks import mask_iou
-from ..ppe import GAMMA, STRENGTH, place_points, refinement_prompt
-from ..sam import SamEngine
-from ..sam.frames import mask_to_working, working_to_image
-from .features import context_features
-from .network import DEFAULT_WEIGHTS, PairRouter, Router, load_router, save_router
+from ..experts import EXPERTS
+from .network import PairRouter, Router
 
 #: Temperature (IoU units) of the listwise training target over pairs.
 TARGET_TEMPERATURE = 0.01
@@ -44,6 +36,8 @@ class Example:
             :data:`~promptmoe_plugin.experts.EXPERTS`; NaN where the pair was not
             measured (unavailable experts).
         unrefined: IoU of the coarse mask itself.
+        agreement: IoU of SAM's answer to the draft's box with the draft (what the box
+            gate compares); NaN when not measured.
     """
 
     name: str
@@ -51,73 +45,7 @@ class Example:
     context: np.ndarray
     iou: np.ndarray
     unrefined: float
-
-
-def measure_pairs(
-    engine: SamEngine,
-    image: np.ndarray,
-    coarse: np.ndarray,
-    gt: np.ndarray,
-    ignore: np.ndarray | None = None,
-    names: Sequence[str] = EXPERTS,
-    k: int = 5,
-    lam: float = 0.05,
-    grid: int = 6,
-    depth: DepthEstimator | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Context and ``(n, n)`` refined IoU of every pair of ``names`` (one step, equal weights).
-
-    ``image`` ``(H, W, 3) uint8``; ``coarse``, ``gt``, ``ignore`` ``(H, W) bool`` image frame
-    (``ignore`` pixels left out of the IoU; two empty masks count as IoU 1).  ``depth``
-    None leaves the depth expert out.  The positives differ per pair; negative point, box
-    and mask prompt are shared, and prompts with identical points are decoded once.
-    """
-    emb = engine.embed(image)
-    m0 = mask_to_working(emb, coarse)
-    names = available_experts(depth, tuple(names))
-    maps = expert_maps(names, ExpertInput(engine, emb, m0, depth, grid))
-    base = refinement_prompt(emb, m0, np.zeros((0, 2)), GAMMA, STRENGTH)
-    pairs = list(itertools.combinations(names, 2))
-    prompts, slot, index = [], [], {}
-    for e, f in pairs:
-        pts = place_points(fuse([maps[e], maps[f]], [1.0, 1.0]), m0, k, lam)
-        key = pts.tobytes()
-        if key not in index:
-            index[key] = len(prompts)
-            img_pts = working_to_image(emb, pts)
-            positive = np.ones(len(img_pts), np.int64)
-            if base.points is None:
-                points, labels = img_pts, positive
-            else:
-                points = np.vstack([img_pts, base.points])
-                labels = np.append(positive, base.labels)
-            prompts.append(dataclasses.replace(base, points=points, labels=labels))
-        slot.append(index[key])
-    out = engine.decode(emb, prompts, multimask=True, frame="none")
-    best = out.low_res_logits[np.arange(len(prompts)), out.best()]
-    masks = engine.upscale_masks(emb, best, "image")
-    measured = [mask_iou(m, gt, ignore=ignore, empty=1.0) for m in masks]
-    table = np.full((len(EXPERTS), len(EXPERTS)), np.nan, np.float32)
-    for (e, f), s in zip(pairs, slot, strict=True):
-        i, j = EXPERTS.index(e), EXPERTS.index(f)
-        table[i, j] = table[j, i] = measured[s]
-    return context_features(emb, m0), table
-
-
-def make_example(
-    engine: SamEngine,
-    name: str,
-    kind: str,
-    image: np.ndarray,
-    coarse: np.ndarray,
-    gt: np.ndarray,
-    ignore: np.ndarray | None = None,
-    names: Sequence[str] = EXPERTS,
-    depth: DepthEstimator | None = None,
-) -> Example:
-    """:func:`measure_pairs` of one image-frame ``coarse`` mask as an :class:`Example`."""
-    context, table = measure_pairs(engine, image, coarse, gt, ignore, names, depth=depth)
-    return Example(name, kind, context, table, mask_iou(coarse, gt, ignore=ignore, empty=1.0))
+    agreement: float = math.nan
 
 
 def _pair_arrays(examples: Sequence[Example]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -199,56 +127,6 @@ def evaluate(
     }
 
 
-def refit_router(
-    engine: SamEngine,
-    triples: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
-    out_path: str | Path,
-    base_weights: str | Path | None = None,
-    epochs: int = 100,
-    names: Sequence[str] = EXPERTS,
-    depth: DepthEstimator | None = None,
-) -> dict:
-    """Active learning: refit the selector from ``(image, draft, final)`` triples.
-
-    Each triple is an ``(H, W, 3) uint8`` image, the draft (coarse) ``(H, W) bool`` mask the
-    annotator started from and the ``(H, W) bool`` mask they accepted; the final mask plays
-    the ground truth.  Starts from ``base_weights`` (default: the shipped weights) and
-    writes the refit weights to ``out_path``.
-
-    Returns:
-        figures: examples, loss, and :func:`evaluate` on the triples before and after.
-    """
-    if len(triples) == 0:
-        raise ValueError("refit_router needs at least one (image, draft, final) triple")
-    examples = []
-    for n, (image, draft, final) in enumerate(triples):
-        if draft.shape != image.shape[:2] or final.shape != image.shape[:2] or not draft.any():
-            raise ValueError(
-                f"triple {n}: draft and final must be non-empty (H, W) masks matching the image"
-            )
-        examples.append(
-            make_example(engine, f"triple{n}", "draft", image, draft, final, None, names, depth)
-        )
-    base = load_router(base_weights)
-    before = evaluate(base, examples, names)
-    router = fit(examples, base=base, epochs=epochs)
-    loss = router.meta["train_loss"]
-    router.meta = {
-        **base.meta,
-        "refit_examples": len(examples),
-        "refit_from": str(base_weights or DEFAULT_WEIGHTS),
-    }
-    save_router(router, out_path)
-    after = evaluate(router, examples, names)
-    return {
-        "examples": len(examples),
-        "loss": loss,
-        "before": before,
-        "after": after,
-        "out": str(out_path),
-    }
-
-
 def save_examples(examples: Sequence[Example], path: str | Path) -> None:
     """Write ``examples`` to one ``.npz`` file (read back by :func:`load_examples`)."""
     np.savez_compressed(
@@ -258,14 +136,18 @@ def save_examples(examples: Sequence[Example], path: str | Path) -> None:
         contexts=np.stack([e.context for e in examples]),
         ious=np.stack([e.iou for e in examples]),
         unrefined=np.array([e.unrefined for e in examples]),
+        agreement=np.array([e.agreement for e in examples]),
     )
 
 
 def load_examples(path: str | Path) -> list[Example]:
     """The examples :func:`save_examples` wrote to ``path``."""
     z = np.load(path)
-    columns = zip(z["names"], z["kinds"], z["contexts"], z["ious"], z["unrefined"], strict=True)
-    return [Example(str(n), str(k), c, i, float(u)) for n, k, c, i, u in columns]
+    agreement = z["agreement"] if "agreement" in z else np.full(len(z["names"]), np.nan)
+    columns = zip(
+        z["names"], z["kinds"], z["contexts"], z["ious"], z["unrefined"], agreement, strict=True
+    )
+    return [Example(str(n), str(k), c, i, float(u), float(a)) for n, k, c, i, u, a in columns]
 
 
 def split_by_image(
