@@ -51,7 +51,7 @@ def collect_examples(
     The images are drawn with ``rng`` (:func:`.datasets.sample_datasets`, one permutation
     per folder, so successive calls continue its stream); each coarse mask is seeded by
     the image name with run seed 0.  Examples are named ``dataset/image``; drafts skipped
-    (empty, or answered by the gate) are logged with their count.
+    (not made, empty, or answered by the gate) are logged with their count.
     """
     chosen = [(name, s) for name, found in sample_datasets(folders, images, rng=rng) for s in found]
     examples, unmade, gated = [], 0, 0
@@ -140,10 +140,14 @@ def train_router(
 ) -> dict[str, Any]:
     """Train the expert selector on dataset folders and save its weights to ``out``.
 
-    Every chosen image gets one example per coarse kind: the measured refined IoU of each
-    expert pair (:func:`promptmoe_plugin.selector_data.make_example`).  A share ``holdout`` of the
+    Every chosen image gets one example per coarse kind whose draft the box gate leaves to
+    the experts (all drafts with ``include_gated``): the refined IoU of each expert pair
+    (:func:`promptmoe_plugin.selector_data.make_example`).  A share ``holdout`` of the
     ``data`` images (drawn with ``seed``) is held out, together with every ``holdout_data``
     image; the selector is fitted on the rest.
+
+    Raises:
+        ValueError: no training example (every draft empty or answered by the gate).
 
     Args:
         engine: the SAM engine the pairs are measured with.
