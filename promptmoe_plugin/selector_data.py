@@ -1,6 +1,6 @@
 """Examples for the expert selector, measured through the refinement pipeline.
 
-For an image, a ground truth and a draft, :func:`measure_pairs` runs the PromptMoE
+For an image, a ground truth and a draft, :func:`make_example` runs the PromptMoE
 experts' path of :func:`~promptmoe_plugin.refine.refine` once per expert pair, with
 that pair's fused saliency and every other setting of the :class:`RefineConfig` (PPE,
 mask prompt, agreement strength, iterations), and records the IoU of each answer with
@@ -26,51 +26,6 @@ from .sam import SamEngine
 from .sam.frames import mask_to_working
 
 
-def measure_pairs(
-    engine: SamEngine,
-    image: np.ndarray,
-    coarse: np.ndarray,
-    gt: np.ndarray,
-    ignore: np.ndarray | None = None,
-    names: Sequence[str] = EXPERTS,
-    config: RefineConfig = RefineConfig(),
-    depth: DepthEstimator | None = None,
-    skip_gated: bool = False,
-) -> tuple[np.ndarray, np.ndarray | None, float]:
-    """Context, ``(n, n)`` refined IoU of every pair of ``names``, and the draft's box
-    agreement (:func:`~promptmoe_plugin.refine.box_agreement`).
-
-    ``image`` ``(H, W, 3) uint8``; ``coarse``, ``gt``, ``ignore`` ``(H, W) bool`` image frame
-    (``ignore`` pixels left out of the IoU; two empty masks count as IoU 1).  Each pair's
-    two maps are fused with equal weights and refined as ``config`` says (the box gate,
-    the stable pick and the draft check are not applied: they do not depend on the pair).
-    An empty answer counts as IoU 0.  The table is indexed like
-    :data:`~promptmoe_plugin.experts.EXPERTS`, NaN where a pair was not measured
-    (``depth`` None leaves the depth expert out).  With ``skip_gated``, the table is None
-    when ``config.box_gate`` returns SAM's box answer for this draft: the selector is not
-    asked there, and no pair is refined.
-    """
-    emb = engine.embed(image)
-    m0 = mask_to_working(emb, coarse)
-    names = available_experts(depth, tuple(names))
-    agreement = box_agreement(engine, emb, m0)
-    context = context_features(emb, m0)
-    if skip_gated and config.box_gate is not None and agreement > config.box_gate:
-        return context, None, agreement
-    maps = expert_maps(names, ExpertInput(engine, emb, m0, depth, config.grid))
-    table = np.full((len(EXPERTS), len(EXPERTS)), np.nan, np.float32)
-    for e, f in itertools.combinations(names, 2):
-        saliency = fuse([maps[e], maps[f]], [1.0, 1.0])
-        answer = experts_answer(engine, emb, m0, saliency, config, agreement)
-        iou = 0.0
-        if answer is not None:
-            mask = engine.upscale_masks(emb, answer.logits[None], "image")[0]
-            iou = mask_iou(mask, gt, ignore=ignore, empty=1.0)
-        i, j = EXPERTS.index(e), EXPERTS.index(f)
-        table[i, j] = table[j, i] = iou
-    return context, table, agreement
-
-
 def make_example(
     engine: SamEngine,
     name: str,
@@ -84,15 +39,38 @@ def make_example(
     depth: DepthEstimator | None = None,
     skip_gated: bool = False,
 ) -> Example | None:
-    """:func:`measure_pairs` of one image-frame ``coarse`` mask as an :class:`Example`
-    (None: skipped because the box gate answers this draft)."""
-    context, table, agreement = measure_pairs(
-        engine, image, coarse, gt, ignore, names, config, depth, skip_gated
-    )
-    if table is None:
+    """The :class:`Example` of one draft: its context, the refined IoU of every pair of
+    ``names`` and the draft's box agreement (:func:`~promptmoe_plugin.refine.box_agreement`).
+
+    ``image`` ``(H, W, 3) uint8``; ``coarse``, ``gt``, ``ignore`` ``(H, W) bool`` image frame
+    (``ignore`` pixels left out of the IoU; two empty masks count as IoU 1).  Each pair's
+    two maps are fused with equal weights and refined as ``config`` says (the box gate,
+    the stable pick and the draft check are not applied: they do not depend on the pair).
+    An empty answer counts as IoU 0.  The table is indexed like
+    :data:`~promptmoe_plugin.experts.EXPERTS`, NaN where a pair was not measured
+    (``depth`` None leaves the depth expert out).  With ``skip_gated``, None when
+    ``config.box_gate`` returns SAM's box answer for this draft: the selector is not
+    asked there, and no pair is refined.
+    """
+    emb = engine.embed(image)
+    m0 = mask_to_working(emb, coarse)
+    names = available_experts(depth, tuple(names))
+    agreement = box_agreement(engine, emb, m0)
+    if skip_gated and config.box_gate is not None and agreement > config.box_gate:
         return None
+    maps = expert_maps(names, ExpertInput(engine, emb, m0, depth, config.grid))
+    table = np.full((len(EXPERTS), len(EXPERTS)), np.nan, np.float32)
+    for e, f in itertools.combinations(names, 2):
+        saliency = fuse([maps[e], maps[f]], [1.0, 1.0])
+        answer = experts_answer(engine, emb, m0, saliency, config, agreement)
+        iou = 0.0
+        if answer is not None:
+            mask = engine.upscale_masks(emb, answer.logits[None], "image")[0]
+            iou = mask_iou(mask, gt, ignore=ignore, empty=1.0)
+        i, j = EXPERTS.index(e), EXPERTS.index(f)
+        table[i, j] = table[j, i] = iou
     unrefined = mask_iou(coarse, gt, ignore=ignore, empty=1.0)
-    return Example(name, kind, context, table, unrefined, agreement)
+    return Example(name, kind, context_features(emb, m0), table, unrefined, agreement)
 
 
 def refit_router(
