@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from conftest import data_dir
 from promptmoe_plugin.eval.router_data import train_router
-from promptmoe_plugin.router import load_examples, load_router
+from promptmoe_plugin.experts import EXPERTS
+from promptmoe_plugin.router import CONTEXT_DIM, load_examples, load_router
 
 
 def test_train_router_from_folders_and_example_cache(engine, tmp_path):
@@ -27,3 +29,20 @@ def test_train_router_from_folders_and_example_cache(engine, tmp_path):
     again = train_router(engine, [folder], [], tmp_path / "again.pt", examples=cache, **kwargs)
     assert engine.stats().encodes == encodes  # the measured examples were read back
     assert again["figures"] == meta["figures"]
+
+
+def test_a_cache_from_the_earlier_measurement_is_refused(engine, tmp_path):
+    # A cache as the one-PPE-step measurement wrote it: no "agreement" column.
+    n = len(EXPERTS)
+    np.savez_compressed(
+        tmp_path / "old.train.npz",
+        names=np.array(["GrabCut/book"]),
+        kinds=np.array(["morph"]),
+        contexts=np.zeros((1, CONTEXT_DIM), np.float32),
+        ious=np.full((1, n, n), 0.5, np.float32),
+        unrefined=np.array([0.4]),
+    )
+    encodes = engine.stats().encodes
+    with pytest.raises(ValueError, match="earlier version"):
+        train_router(engine, ["unused"], [], tmp_path / "r.pt", examples=tmp_path / "old")
+    assert engine.stats().encodes == encodes and not (tmp_path / "r.pt").exists()

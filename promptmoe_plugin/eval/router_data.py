@@ -100,12 +100,24 @@ def _cached_or_collected(
 ) -> tuple[list[Example], list[Example]]:
     """Training-pool and held-out-only examples: read from ``cache`` (``<cache>.train.npz``,
     ``<cache>.holdout.npz``) when its training file exists, else measured by
-    ``collect(folders, desc=...)`` (training folders first) and written there."""
+    ``collect(folders, desc=...)`` (training folders first) and written there.
+
+    Raises:
+        ValueError: a cache file written by the earlier measurement (one PPE step of the
+            paper's settings, no box agreement recorded): its IoUs are not this pipeline's.
+    """
     train_file = cache.with_suffix(".train.npz") if cache else None
     holdout_file = cache.with_suffix(".holdout.npz") if cache else None
     if train_file and train_file.is_file():
         pool = load_examples(train_file)
         extra = load_examples(holdout_file) if holdout_file.is_file() else []
+        for path, loaded in ((train_file, pool), (holdout_file, extra)):
+            if any(np.isnan(e.agreement) for e in loaded):
+                raise ValueError(
+                    f"{path} holds examples measured by an earlier version (one PPE step, "
+                    "no box agreement), not by the current refinement pipeline: delete the "
+                    "cache files to measure them again"
+                )
         log.info("loaded %d + %d examples from %s", len(pool), len(extra), cache)
         return pool, extra
     pool = collect(data, desc="training images")
