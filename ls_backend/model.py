@@ -42,6 +42,8 @@ from promptmoe_plugin.refine import VARIANTS, refine
 from promptmoe_plugin.sam import SamEngine
 from promptmoe_plugin.smartsam import SmartSamSession
 from promptmoe_plugin.smartsam.intent import make_intent
+from promptmoe_plugin.zoom import Box as Crop
+from promptmoe_plugin.zoom import crop_image
 
 from . import jobs, learning, rle
 from .config import Settings
@@ -84,30 +86,33 @@ class BackgroundEmbedder:
     Each image waits ``delay`` seconds from its submission before it is fetched: the
     editor's call when a task is opened comes while the browser loads the same image,
     and an encode at that moment takes the cores Label Studio and the browser need when
-    they share the machine (``EMBED_DELAY``).
+    they share the machine (``EMBED_DELAY``).  A crop of an image (the zoom of an object's
+    next click, :meth:`~promptmoe_plugin.clicks.SamClickSession.next_crop`) waits for
+    nothing: the annotator is looking at the mask.
     """
 
     def __init__(self, engine: SamEngine, fetcher: ImageFetcher, delay: float):
         self.engine = engine
         self.fetcher = fetcher
         self.delay = delay
-        self._queue: queue.Queue[tuple[str, float]] = queue.Queue()
-        self._pending: set[str] = set()
+        self._queue: queue.Queue[tuple[str, Crop | None, float]] = queue.Queue()
+        self._pending: set[tuple[str, Crop | None]] = set()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def submit(self, url: str) -> bool:
-        """Queue ``url`` for embedding; False when it is already waiting or the queue is full."""
+    def submit(self, url: str, crop: Crop | None = None) -> bool:
+        """Queue ``url`` (or its ``crop``, x0, y0, x1, y1 image pixels) for embedding; False
+        when it is already waiting or the queue is full."""
         with self._lock:
-            if url in self._pending or len(self._pending) >= MAX_PENDING_EMBEDS:
+            if (url, crop) in self._pending or len(self._pending) >= MAX_PENDING_EMBEDS:
                 return False
-            self._pending.add(url)
+            self._pending.add((url, crop))
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="promptmoe-embedder", daemon=True
                 )
                 self._thread.start()
-        self._queue.put((url, time.monotonic() + self.delay))
+        self._queue.put((url, crop, time.monotonic() + (0 if crop else self.delay)))
         return True
 
     def wait(self) -> None:
@@ -116,15 +121,16 @@ class BackgroundEmbedder:
 
     def _run(self) -> None:
         while True:
-            url, due = self._queue.get()
+            url, crop, due = self._queue.get()
             time.sleep(max(0.0, due - time.monotonic()))
             try:
-                self.engine.embed(self.fetcher.image(url))
-            except Exception as exc:  # reported again, to the annotator, on the first click
-                log.warning("background embedding of %s failed: %s", url, exc)
+                image = self.fetcher.image(url)
+                self.engine.embed(image if crop is None else crop_image(image, crop))
+            except Exception as exc:  # reported again, to the annotator, on the next click
+                log.warning("background embedding of %s %s failed: %s", url, crop or "", exc)
             finally:
                 with self._lock:
-                    self._pending.discard(url)
+                    self._pending.discard((url, crop))
                 self._queue.task_done()
 
 
@@ -368,14 +374,14 @@ class PromptMoEModel:
             own = clicks.get(box.label, [])
             inside = [c for c in own if box.contains(np.float64(c.x), np.float64(c.y))]
             clicks[box.label] = [c for c in own if c not in inside]
-            regions.append(self._box(image, box, inside))
+            regions.append(self._box(url, image, box, inside))
         for label, label_clicks in clicks.items():
             if label_clicks:
-                regions.extend(self._clicks(image, label, label_clicks, project))
+                regions.extend(self._clicks(url, image, label, label_clicks, project))
         regions.extend(self._refine_drafts(image, url, context.drafts, task, project))
         return regions
 
-    def _box(self, image: np.ndarray, box: Box, clicks: list[Click]) -> Region:
+    def _box(self, url: str, image: np.ndarray, box: Box, clicks: list[Click]) -> Region:
         """SAM's single mask for ``box``, then each of the ``clicks`` inside it in order, as
         later clicks of the object (image pixels; the box stays in every prompt, later
         clicks are guarded as a clicked object's are).
@@ -388,12 +394,13 @@ class PromptMoEModel:
         mask = session.frame(*np.clip(box.bounds, 0, [w, h, w, h]))
         for c in clicks:
             mask = session.click(c.x, c.y, c.positive)
+        self._warm_crop(url, session)
         if box.rotation % 90:
             mask = _parts_touching(mask, box)
         return Region(box.label, mask, calibrated_score(session.score, "box"))
 
     def _clicks(
-        self, image: np.ndarray, label: str, clicks: list[Click], project: str
+        self, url: str, image: np.ndarray, label: str, clicks: list[Click], project: str
     ) -> list[Region]:
         """The objects of one label's clicks, continuing a cached track when one matches."""
 
@@ -405,7 +412,16 @@ class PromptMoEModel:
             )
 
         sessions = self.tracks.apply(self.engine, image, project, label, tuple(clicks), new_session)
+        for session in sessions:
+            self._warm_crop(url, session)
         return [Region(label, s.mask, calibrated_score(float(s.score), "click")) for s in sessions]
+
+    def _warm_crop(self, url: str, session: SamClickSession | SmartSamSession) -> None:
+        """Encode the crop the object's next click will zoom on in the background, so that
+        click costs a decode (:meth:`~promptmoe_plugin.clicks.SamClickSession.next_crop`)."""
+        crop = session.next_crop()
+        if crop is not None:
+            self.embedder.submit(url, crop)
 
     # ------------------------------------------------------------------ drafts
     def _pre_annotate(self, task: dict, config: LabelConfig, project: str) -> list[Region]:
@@ -420,7 +436,7 @@ class PromptMoEModel:
             labels = self.fetcher.label_map(mask_url, shape)
             prompts = Prompts(drafts=mask_image_drafts(labels, task["data"], config))
         regions = self._refine_drafts(image, url, prompts.drafts, task, project)
-        return regions + [self._box(image, box, []) for box in prompts.boxes]
+        return regions + [self._box(url, image, box, []) for box in prompts.boxes]
 
     def _refine_drafts(
         self, image: np.ndarray, url: str, drafts: list[Draft], task: dict, project: str

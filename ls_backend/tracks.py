@@ -23,8 +23,9 @@ from .tasks import Click
 #: Memory for click tracks kept for later clicks (one per (image, label, clicks so far)).
 SESSION_CACHE_MB = 256
 #: Estimated bytes one click session holds beyond the shared embedding: a copy of the
-#: image, its masks (1 byte per pixel each), and its candidate logits.
-_SESSION_FIXED_BYTES = 2 * 2**20
+#: image, its masks (1 byte per pixel each), its candidate logits, and once its later
+#: clicks zoom, a crop's embedding (4 MB of features and the crop at up to 1024 px, 3 MB).
+_SESSION_FIXED_BYTES = 9 * 2**20
 
 
 @dataclass

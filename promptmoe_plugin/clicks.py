@@ -3,7 +3,8 @@
 A session holds one image and the clicks so far; each click decodes all clicks together
 with the previous low-res logits as the mask prompt, as SAM's interactive demo does.  With
 ``corrections`` each later click chooses among a few candidates and guards small
-corrections instead (:mod:`.corrections`).
+corrections instead (:mod:`.corrections`), and from ``zoom_from`` on decodes on a crop
+around the object (:mod:`.zoom`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,16 @@ import numpy as np
 
 from .corrections import CorrectionConfig, correct_click
 from .sam import ImageEmbedding, Prompt, SamEngine
+from .zoom import (
+    Box,
+    contains,
+    crop_image,
+    focus_box,
+    mask_prompt,
+    object_box,
+    paste,
+    to_crop,
+)
 
 
 class ClickSession(Protocol):
@@ -27,6 +38,11 @@ class ClickSession(Protocol):
 
     def click(self, x: float, y: float, positive: bool = True) -> np.ndarray:
         """Add a click at image pixel ``(x, y)``; returns the new ``(H, W) bool`` mask."""
+        ...
+
+    def next_crop(self) -> tuple[int, int, int, int] | None:
+        """The crop (x0, y0, x1, y1 image pixels) the next click will start zooming on,
+        or None."""
         ...
 
 
@@ -47,6 +63,11 @@ class SamClickSession:
 
     An object may also be started with a box (:meth:`frame`): the box then stays part
     of every later click's prompt.
+
+    With ``corrections.zoom_from`` later clicks from that one on are decoded on a crop
+    around the object (``crop``, its embedding ``crop_emb`` and the crop's low-res
+    ``crop_logits``); ``logits`` is then stale until the object outgrows the zoom and the
+    session returns to the whole image, seeded with the current mask.
     """
 
     engine: SamEngine
@@ -62,6 +83,9 @@ class SamClickSession:
     candidates: np.ndarray | None = None
     #: ``(4,)`` float x0, y0, x1, y1 image pixels of the box the object was started with.
     box: np.ndarray | None = None
+    crop: Box | None = None
+    crop_emb: ImageEmbedding | None = None
+    crop_logits: np.ndarray | None = None  # (256, 256) float32, the crop's low-res frame
 
     def __post_init__(self) -> None:
         self.emb: ImageEmbedding = self.engine.embed(self.image)
@@ -79,10 +103,13 @@ class SamClickSession:
         return self.mask
 
     def click(self, x: float, y: float, positive: bool = True) -> np.ndarray:
+        ahead = self.next_crop()
         self.points.append((float(x), float(y)))
         self.labels.append(1 if positive else 0)
         first = self.logits is None
         if not first and self.corrections is not None:
+            if self._focus(ahead):
+                return self._zoomed_click()
             c = correct_click(
                 self.engine,
                 self.emb,
@@ -106,6 +133,71 @@ class SamClickSession:
         if first:
             self.candidates = out.masks[0]
         self.set_state(out.masks[0], out.iou[0], out.low_res_logits[0], int(out.best()[0]))
+        return self.mask
+
+    def next_crop(self) -> Box | None:
+        """The crop the next click will start zooming on, from the current mask and clicks
+        (it is used when it holds the next click), or None when the next click will not
+        start a zoom.  A server can encode it while the annotator looks at the mask."""
+        z = self.corrections
+        if z is None or not z.zoom_from or self.logits is None or self.crop is not None:
+            return None
+        if self._interactions() + 1 < z.zoom_from or not (self.mask.any() or any(self.labels)):
+            return None
+        need = object_box(self.mask, np.array(self.points), np.array(self.labels))
+        return focus_box(need, self.mask.shape, z.zoom_expand, z.zoom_min_side, z.zoom_max_share)
+
+    def _interactions(self) -> int:
+        """Clicks so far, a starting box counting as the first."""
+        return len(self.points) + (self.box is not None)
+
+    def _focus(self, ahead: Box | None) -> bool:
+        """Place the crop for the clicks so far (keep it while it holds the mask and the
+        positive clicks; start on ``ahead``, :meth:`next_crop` before this click, when it
+        holds them); False when there is no zoom for this click."""
+        z = self.corrections
+        if z is None or not z.zoom_from or self._interactions() < z.zoom_from:
+            return False
+        need = object_box(self.mask, np.array(self.points), np.array(self.labels))
+        if self.crop is not None and contains(self.crop, need):
+            return True
+        if ahead is not None and contains(ahead, need):
+            box: Box | None = ahead
+        else:
+            box = focus_box(need, self.mask.shape, z.zoom_expand, z.zoom_min_side, z.zoom_max_share)
+        if box is None:
+            if self.crop is not None:  # back to the whole image, from the current mask
+                self.logits = mask_prompt(self.emb, self.mask)
+                self.crop = self.crop_emb = self.crop_logits = None
+            return False
+        if box != self.crop:
+            x0, y0, x1, y1 = box
+            self.crop = box
+            self.crop_emb = self.engine.embed(crop_image(self.image, box))
+            self.crop_logits = mask_prompt(self.crop_emb, self.mask[y0:y1, x0:x1])
+        return True
+
+    def _zoomed_click(self) -> np.ndarray:
+        """The latest click decoded on the crop (guarded against the crop's current mask)."""
+        assert self.crop is not None and self.crop_emb is not None and self.corrections
+        x0, y0, x1, y1 = self.crop
+        box = None
+        if self.box is not None:
+            box = np.clip(to_crop(self.box, self.crop), 0, [x1 - x0, y1 - y0] * 2)
+        c = correct_click(
+            self.engine,
+            self.crop_emb,
+            to_crop(np.array(self.points), self.crop),
+            np.array(self.labels),
+            self.crop_logits,
+            self.score,
+            self.corrections,
+            box,
+        )
+        crop_mask = self.engine.upscale_masks(self.crop_emb, c.logits[None], "image")[0]
+        self.mask = paste(crop_mask, self.crop, self.mask.shape)
+        self.score = c.iou
+        self.crop_logits = c.logits
         return self.mask
 
     def set_state(self, masks: np.ndarray, iou: np.ndarray, logits: np.ndarray, index: int) -> None:

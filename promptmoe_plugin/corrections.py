@@ -87,6 +87,14 @@ class CorrectionConfig:
             gets better).
         guard_radius: "near the click" is within ``guard_radius`` times the click's
             distance to the boundary, plus 2 low-res pixels.
+        zoom_from: from this click on, decode on a crop around the object
+            (:mod:`.zoom`; the crop is encoded once, again only when the object outgrows
+            it); 0 never.
+        zoom_expand: the crop is the box around the mask and the positive clicks, its
+            sides times this.
+        zoom_min_side: ... and at least this many image pixels per side.
+        zoom_max_share: no zoom when the crop would cover more than this share of the
+            image.
     """
 
     until: int = 0
@@ -102,6 +110,10 @@ class CorrectionConfig:
     guard_keep: float = 0.7
     guard_radius: float = 2.0
     guard_clicks: bool = False
+    zoom_from: int = 4
+    zoom_expand: float = 1.4
+    zoom_min_side: int = 384
+    zoom_max_share: float = 0.6
 
     def __post_init__(self) -> None:
         if self.fresh not in FRESH:
@@ -119,6 +131,12 @@ class CorrectionConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.until < 0:
             raise ValueError(f"until must be >= 0, got {self.until}")
+        if self.zoom_from < 0 or self.zoom_from == 1:
+            raise ValueError(f"zoom_from must be 0 (never) or a click >= 2, got {self.zoom_from}")
+        if self.zoom_expand < 1 or self.zoom_min_side < 1:
+            raise ValueError("zoom_expand must be >= 1 and zoom_min_side >= 1")
+        if not 0 < self.zoom_max_share <= 1:
+            raise ValueError(f"zoom_max_share must be in (0, 1], got {self.zoom_max_share}")
         if not 0 <= self.guard_keep <= 1:
             raise ValueError(f"guard_keep must be in [0, 1], got {self.guard_keep}")
 
@@ -133,7 +151,9 @@ class CorrectionConfig:
 
 
 #: Plain SAM's later click as a correction config (for comparisons).
-PLAIN = CorrectionConfig(multimask=False, previous=False, fresh="never", guard=False)
+PLAIN = CorrectionConfig(
+    multimask=False, previous=False, fresh="never", guard=False, zoom_from=0
+)
 
 
 @dataclass(frozen=True)

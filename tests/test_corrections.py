@@ -152,7 +152,8 @@ def test_later_clicks_are_deterministic_and_plain_config_is_plain_sam(engine, vo
     for a, b in zip(*runs, strict=True):
         np.testing.assert_array_equal(a, b)
     plain = _clicks_on(gt, SamClickSession(engine, image), 4)
-    for config in (PLAIN, CorrectionConfig(until=1)):  # until=1: no click is corrected
+    # until=1: no click is corrected (nor zoomed, with zoom_from=0)
+    for config in (PLAIN, CorrectionConfig(until=1, zoom_from=0)):
         as_config = _clicks_on(gt, SamClickSession(engine, image, corrections=config), 4)
         for a, b in zip(plain, as_config, strict=True):
             np.testing.assert_array_equal(a, b)
@@ -230,7 +231,8 @@ def test_backend_click_track_returns_the_guarded_mask(engine, voc, tmp_path):
 def test_backend_box_then_clicks_continue_the_box_object(engine, voc, tmp_path):
     """A smart rectangle then five clicks inside it (the protocol's, on the VOC photo's
     object 12): the backend continues the box's object click by click, the box in every
-    prompt (IoU 0.88 here); decoding the box and all clicks afresh, as before, gave 0.65."""
+    prompt (IoU 0.82 here, zoomed from click 3; 0.88 without the zoom); decoding the box
+    and all clicks afresh, as before, gave 0.65."""
     from PIL import Image
 
     from conftest import LS_CONFIG
@@ -289,7 +291,7 @@ def test_backend_box_then_clicks_continue_the_box_object(engine, voc, tmp_path):
         for x, y, positive in clicks:
             sessions[name] = session.click(x, y, positive)
     assert label == "Person"
-    assert iou(sessions["fresh"], gt) < 0.7 < 0.85 < iou(sessions["guarded"], gt)
+    assert iou(sessions["fresh"], gt) < 0.7 < 0.8 < iou(sessions["guarded"], gt)
     assert iou(mask, sessions["guarded"]) > 0.99
 
 

@@ -404,7 +404,7 @@ def test_click_tracks_continue_and_stay_within_their_byte_bound(engine):
         return tracks.apply(engine, image, "1", label, clicks, new_session)
 
     first, second = Click(10, 10, True), Click(12, 11, False)
-    tracks = ClickTracks(capacity_mb=5)  # room for two one-object tracks (~2 MB each)
+    tracks = ClickTracks(capacity_mb=19)  # room for two one-object tracks (~9 MB each)
     for label in ("A", "B", "C"):
         apply(tracks, label, (first,))
     assert started == ["A", "B", "C"]

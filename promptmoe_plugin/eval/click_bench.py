@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from ..clicks import ClickSession
 from ..sam import SamEngine
+from ..zoom import crop_image
 from .clicker import (
     MAX_CLICKS,
     MIOU_AT,
@@ -78,7 +80,9 @@ def run_click_bench(
     embedding and the references' features are computed before the first click's timer
     starts (one untimed session start per method and image), as the backend has them
     cached when an annotator clicks (features are computed when an annotation is
-    submitted), so ``sec_per_click1`` is session creation plus the first click.
+    submitted), so ``sec_per_click1`` is session creation plus the first click.  The crop
+    a later click will zoom on is encoded between clicks, outside the timer, as the
+    backend does while the annotator looks at the mask.
 
     Args:
         engine: the SAM engine every method shares.
@@ -158,7 +162,13 @@ def run_click_bench(
                 rng = np.random.default_rng(s) if first_click == "random" else None
                 clicker = Clicker(gt, ignore, first_click, rng)
                 run = simulate(
-                    start, gt, ignore, max_clicks=max_clicks, keep_masks=keep > 0, clicker=clicker
+                    start,
+                    gt,
+                    ignore,
+                    max_clicks=max_clicks,
+                    keep_masks=keep > 0,
+                    clicker=clicker,
+                    between=partial(_encode_next_crop, engine, image),
                 )
                 per_image.append(
                     {
@@ -201,6 +211,14 @@ def run_click_bench(
     if out:
         _write_click_report(Path(out), result, extremes)
     return result
+
+
+def _encode_next_crop(engine: SamEngine, image: np.ndarray, session: ClickSession) -> None:
+    """Encode the crop ``session``'s next click will start zooming on (if any), as the
+    backend does between clicks (:meth:`~promptmoe_plugin.clicks.SamClickSession.next_crop`)."""
+    box = session.next_crop()
+    if box is not None:
+        engine.embed(crop_image(image, box))
 
 
 #: Where the references of a project simulation come from (see :func:`run_click_bench`).

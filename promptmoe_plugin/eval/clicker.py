@@ -156,6 +156,7 @@ def simulate(
     min_clicks: int = max(MIOU_AT),
     keep_masks: bool = False,
     clicker: Clicker | None = None,
+    between: Callable[[ClickSession], object] | None = None,
 ) -> ClickRun:
     """Run the click protocol on one image.
 
@@ -170,6 +171,8 @@ def simulate(
             ``min_clicks``).  The run also stops when no error pixel is left.
         keep_masks: keep the mask after every click (for overlays).
         clicker: the click chooser (default: the protocol's, first click at the centre).
+        between: called with the session after each click, outside the timer (what a
+            server does while the annotator looks, e.g. encoding the next click's crop).
     """
     clicker = clicker or Clicker(gt, ignore)
     run = ClickRun()
@@ -195,6 +198,8 @@ def simulate(
                 run.oracle_iou = max(iou(c, gt, ignore) for c in candidates)
         if k >= min_clicks and run.ious[-1] >= stop_iou:
             break
+        if between is not None:
+            between(session)
         t0 = time.perf_counter()
     return run
 

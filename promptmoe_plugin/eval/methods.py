@@ -92,8 +92,8 @@ CLICK_METHODS: Mapping[str, ClickMethod] = MappingProxyType(
             ),
             ClickMethod(
                 "sam-guarded",
-                "SAM's first click, then later clicks chosen from a few candidates by the "
-                "clicks so far, with a guard for small corrections",
+                "SAM's first click, then later clicks with a guard for small corrections, "
+                "decoded on a crop around the object from click 4 on",
                 corrected=True,
             ),
             ClickMethod(

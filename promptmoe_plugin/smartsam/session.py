@@ -261,6 +261,11 @@ class SmartSamSession:
             return None
         return self.engine.upscale_masks(self.emb, self.pool.logits, "image")
 
+    def next_crop(self) -> tuple[int, int, int, int] | None:
+        """The crop (image pixels) the next click will start zooming on, or None
+        (:meth:`~promptmoe_plugin.clicks.SamClickSession.next_crop`)."""
+        return self._sam.next_crop()
+
     def click(self, x: float, y: float, positive: bool = True) -> np.ndarray:
         """Add a click at image pixel ``(x, y)``; returns the new ``(H, W) bool`` mask."""
         if self._sam.logits is not None or not positive:
