@@ -56,8 +56,12 @@ class CorrectionConfig:
     locally (GrabCut mIoU@5 98.7 vs 96.8).  Turn it on with ``multimask=True,
     previous=True, fresh="auto"``.
 
-    ``CorrectionConfig(multimask=False, previous=False, fresh="never", guard=False)`` is
-    plain SAM: the single mask decoded with the previous logits.
+    From click ``zoom_from`` (4) on, clicks are decoded on a crop around the object
+    (:mod:`.zoom`): on the held-out parts NoC@90 went from 5.60 to 5.24 on DAVIS and from
+    4.84 to 4.83 on COCO_MVal-dev, GrabCut unchanged at 1.60 (README, "Later clicks").
+
+    ``CorrectionConfig(multimask=False, previous=False, fresh="never", guard=False,
+    zoom_from=0)`` is plain SAM: the single mask decoded with the previous logits.
 
     Attributes:
         until: correct clicks 2 to ``until`` only, later ones are plain SAM (0: every later
