@@ -144,6 +144,10 @@ class SamClickSession:
             return None
         if self._interactions() + 1 < z.zoom_from or not (self.mask.any() or any(self.labels)):
             return None
+        return self._crop_around(z)
+
+    def _crop_around(self, z: CorrectionConfig) -> Box | None:
+        """The crop (:func:`.zoom.focus_box`) around the mask and the positive clicks."""
         need = object_box(self.mask, np.array(self.points), np.array(self.labels))
         return focus_box(need, self.mask.shape, z.zoom_expand, z.zoom_min_side, z.zoom_max_share)
 
@@ -161,10 +165,7 @@ class SamClickSession:
         need = object_box(self.mask, np.array(self.points), np.array(self.labels))
         if self.crop is not None and contains(self.crop, need):
             return True
-        if ahead is not None and contains(ahead, need):
-            box: Box | None = ahead
-        else:
-            box = focus_box(need, self.mask.shape, z.zoom_expand, z.zoom_min_side, z.zoom_max_share)
+        box = ahead if ahead is not None and contains(ahead, need) else self._crop_around(z)
         if box is None:
             if self.crop is not None:  # back to the whole image, from the current mask
                 self.logits = mask_prompt(self.emb, self.mask)
@@ -179,7 +180,6 @@ class SamClickSession:
 
     def _zoomed_click(self) -> np.ndarray:
         """The latest click decoded on the crop (guarded against the crop's current mask)."""
-        assert self.crop is not None and self.crop_emb is not None and self.corrections
         x0, y0, x1, y1 = self.crop
         box = None
         if self.box is not None:

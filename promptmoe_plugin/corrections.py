@@ -155,9 +155,7 @@ class CorrectionConfig:
 
 
 #: Plain SAM's later click as a correction config (for comparisons).
-PLAIN = CorrectionConfig(
-    multimask=False, previous=False, fresh="never", guard=False, zoom_from=0
-)
+PLAIN = CorrectionConfig(multimask=False, previous=False, fresh="never", guard=False, zoom_from=0)
 
 
 @dataclass(frozen=True)
