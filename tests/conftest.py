@@ -35,6 +35,37 @@ def blocky_draft(mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def keypoint(
+    x: float, y: float, label: str, positive: bool = True, h: int = 375, w: int = 500
+) -> dict:
+    """A smart keypoint as the editor sends it in ``params.context.result``: ``(x, y)``
+    image pixels of an ``h`` x ``w`` image, label ``label``."""
+    return {
+        "original_width": w,
+        "original_height": h,
+        "image_rotation": 0,
+        "from_name": "kp",
+        "to_name": "image",
+        "type": "keypointlabels",
+        "origin": "manual",
+        "is_positive": positive,
+        "value": {"x": 100 * x / w, "y": 100 * y / h, "width": 0.5, "keypointlabels": [label]},
+    }
+
+
+def clicks_on(gt: np.ndarray, session, n: int) -> list[np.ndarray]:
+    """Masks after ``n`` protocol clicks (:class:`~promptmoe_plugin.eval.clicker.Clicker`)
+    of a click ``session`` on ground truth ``gt`` ``(H, W) bool``."""
+    from promptmoe_plugin.eval.clicker import Clicker
+
+    clicker, pred, masks = Clicker(gt), np.zeros_like(gt), []
+    for _ in range(n):
+        click = clicker.next_click(pred)
+        pred = session.click(click.x, click.y, click.positive)
+        masks.append(pred)
+    return masks
+
+
 def data_dir(name: str) -> Path:
     """Folder of a benchmark dataset; skips the test when it is absent."""
     path = DATA_ROOT / name

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import clicks_on as _clicks_on
 from promptmoe_plugin.corrections import (
     PLAIN,
     CorrectionConfig,
@@ -128,19 +129,6 @@ def test_config_validation_and_strings():
 
 
 # ------------------------------------------------------------------ the real MobileSAM
-def _clicks_on(gt: np.ndarray, session, n: int) -> list[np.ndarray]:
-    """Masks after ``n`` protocol clicks (:class:`~promptmoe_plugin.eval.clicker.Clicker`)
-    of ``session`` on ground truth ``gt`` ``(H, W) bool``."""
-    from promptmoe_plugin.eval.clicker import Clicker
-
-    clicker, pred, masks = Clicker(gt), np.zeros_like(gt), []
-    for _ in range(n):
-        click = clicker.next_click(pred)
-        pred = session.click(click.x, click.y, click.positive)
-        masks.append(pred)
-    return masks
-
-
 def test_later_clicks_are_deterministic_and_plain_config_is_plain_sam(engine, voc):
     from promptmoe_plugin.clicks import SamClickSession
 
@@ -174,7 +162,7 @@ def test_backend_click_track_returns_the_guarded_mask(engine, voc, tmp_path):
     guarded one, as a SmartSAM session with default corrections gives it."""
     from PIL import Image
 
-    from conftest import LS_CONFIG
+    from conftest import LS_CONFIG, keypoint
     from ls_backend.config import load_settings
     from ls_backend.model import PromptMoEModel
     from ls_backend.results import brush_masks
@@ -188,24 +176,7 @@ def test_backend_click_track_returns_the_guarded_mask(engine, voc, tmp_path):
     settings = load_settings({}, {"model_dir": str(tmp_path), "local_files_root": str(tmp_path)})
     model = PromptMoEModel(engine, settings)
     clicks = [(444, 169, True), (420, 93, False)]
-    result = [
-        {
-            "original_width": w,
-            "original_height": h,
-            "image_rotation": 0,
-            "from_name": "kp",
-            "to_name": "image",
-            "type": "keypointlabels",
-            "is_positive": positive,
-            "value": {
-                "x": 100 * x / w,
-                "y": 100 * y / h,
-                "width": 0.5,
-                "keypointlabels": ["Person"],
-            },
-        }
-        for x, y, positive in clicks
-    ]
+    result = [keypoint(x, y, "Person", positive, h, w) for x, y, positive in clicks]
     client = create_app(model).test_client()
     for n in (1, 2):  # Label Studio sends all clicks so far with each new click
         body = {

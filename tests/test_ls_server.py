@@ -11,6 +11,7 @@ from PIL import Image
 
 from conftest import LS_CONFIG as CONFIG
 from conftest import blocky_draft as _coarse
+from conftest import keypoint as _kp
 from ls_backend.config import load_settings
 from ls_backend.model import PromptMoEModel
 from ls_backend.results import brush_masks, brush_result
@@ -47,20 +48,6 @@ def model(engine, scene, tmp_path_factory):
 @pytest.fixture()
 def client(model):
     return create_app(model).test_client()
-
-
-def _kp(x: float, y: float, label: str, positive: bool = True, h: int = 375, w: int = 500) -> dict:
-    return {
-        "original_width": w,
-        "original_height": h,
-        "image_rotation": 0,
-        "from_name": "kp",
-        "to_name": "image",
-        "type": "keypointlabels",
-        "origin": "manual",
-        "is_positive": positive,
-        "value": {"x": 100 * x / w, "y": 100 * y / h, "width": 0.5, "keypointlabels": [label]},
-    }
 
 
 def _brush(mask: np.ndarray, label: str) -> dict:

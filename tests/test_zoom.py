@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import clicks_on as _clicks_on
 from promptmoe_plugin.clicks import SamClickSession
 from promptmoe_plugin.corrections import CorrectionConfig
 from promptmoe_plugin.eval.metrics import iou
@@ -69,17 +70,6 @@ def test_mask_prompt_is_positive_inside_and_negative_outside(engine, voc):
     assert iou(back, gt) > 0.8
 
 
-def _session_clicks(session, gt: np.ndarray, n: int) -> list[np.ndarray]:
-    from promptmoe_plugin.eval.clicker import Clicker
-
-    clicker, pred, masks = Clicker(gt), np.zeros_like(gt), []
-    for _ in range(n):
-        click = clicker.next_click(pred)
-        pred = session.click(click.x, click.y, click.positive)
-        masks.append(pred)
-    return masks
-
-
 #: A zoom the 500 x 375 VOC photo allows (the default minimum side, 384 px, would cover
 #: most of it and so never zoom).
 ZOOM = CorrectionConfig(zoom_from=2, zoom_min_side=160)
@@ -88,7 +78,7 @@ ZOOM = CorrectionConfig(zoom_from=2, zoom_min_side=160)
 def test_a_zoomed_session_decodes_on_a_crop_around_the_object(engine, voc):
     image, gt = voc["rgb"], voc["masks"][0].astype(bool)
     session = SamClickSession(engine, image, corrections=ZOOM)
-    masks = _session_clicks(session, gt, 4)
+    masks = _clicks_on(gt, session, 4)
     assert session.crop is not None
     x0, y0, x1, y1 = session.crop
     assert session.crop_emb.original_size == (y1 - y0, x1 - x0)
@@ -98,11 +88,11 @@ def test_a_zoomed_session_decodes_on_a_crop_around_the_object(engine, voc):
     assert not masks[-1][outside].any()
     assert iou(masks[-1], gt) > 0.8
     # The same clicks give the same masks; without zoom the session never crops.
-    again = _session_clicks(SamClickSession(engine, image, corrections=ZOOM), gt, 4)
+    again = _clicks_on(gt, SamClickSession(engine, image, corrections=ZOOM), 4)
     for a, b in zip(masks, again, strict=True):
         np.testing.assert_array_equal(a, b)
     plain = SamClickSession(engine, image, corrections=CorrectionConfig(zoom_from=0))
-    _session_clicks(plain, gt, 4)
+    _clicks_on(gt, plain, 4)
     assert plain.crop is None and plain.next_crop() is None
 
 
@@ -154,7 +144,7 @@ def test_backend_encodes_the_next_crop_while_the_annotator_looks(engine, voc, tm
     request then encodes nothing and returns the zoomed mask of a SmartSAM session."""
     from PIL import Image
 
-    from conftest import LS_CONFIG
+    from conftest import LS_CONFIG, keypoint
     from ls_backend.config import load_settings
     from ls_backend.model import PromptMoEModel
     from ls_backend.results import brush_masks
@@ -177,21 +167,7 @@ def test_backend_encodes_the_next_crop_while_the_annotator_looks(engine, voc, tm
     engine.cache.pop(image_key(crop_image(image, crop)))  # as if never encoded
 
     def predict(n: int) -> np.ndarray:
-        result = [
-            {
-                "original_width": w,
-                "original_height": h,
-                "image_rotation": 0,
-                "from_name": "kp",
-                "to_name": "image",
-                "type": "keypointlabels",
-                "is_positive": positive,
-                "value": {"x": 100 * x / w, "y": 100 * y / h, "width": 0.5},
-            }
-            for x, y, positive in clicks[:n]
-        ]
-        for r in result:
-            r["value"]["keypointlabels"] = ["Person"]
+        result = [keypoint(x, y, "Person", positive, h, w) for x, y, positive in clicks[:n]]
         body = {
             "tasks": [{"id": 1, "data": {"image": "/data/local-files/?d=voc.png"}}],
             "project": "1.1700000000",
