@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .experts.geometry import tight_box
 from .sam import LOW_RES, ImageEmbedding
 from .sam.frames import mask_to_lowres
 
@@ -33,17 +34,13 @@ def object_box(mask: np.ndarray, points: np.ndarray, labels: np.ndarray) -> Box:
         labels: ``(K,)`` 1 positive / 0 negative; at least one positive when ``mask`` is
             empty.
     """
-    pos = np.asarray(points, np.float64)[np.asarray(labels) == 1]
-    xs = [pos[:, 0]] if len(pos) else []
-    ys = [pos[:, 1]] if len(pos) else []
-    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
-    if len(rows):
-        xs.append(cols[[0, -1]].astype(np.float64))
-        ys.append(rows[[0, -1]].astype(np.float64))
-    if not xs:
+    corners = np.asarray(points, np.float64).reshape(-1, 2)[np.asarray(labels) == 1]
+    if mask.any():
+        corners = np.concatenate([corners, tight_box(mask).reshape(2, 2)])
+    if not len(corners):
         raise ValueError("an empty mask without a positive click has no box")
-    x, y = np.concatenate(xs), np.concatenate(ys)
-    return int(x.min()), int(y.min()), int(x.max()) + 1, int(y.max()) + 1
+    (x0, y0), (x1, y1) = corners.min(axis=0), corners.max(axis=0)
+    return int(x0), int(y0), int(x1) + 1, int(y1) + 1
 
 
 def focus_box(
