@@ -144,11 +144,14 @@ class SamClickSession:
             return None
         if self._interactions() + 1 < z.zoom_from or not (self.mask.any() or any(self.labels)):
             return None
-        return self._crop_around(z)
+        return self._crop_around(z, self._object_box())
 
-    def _crop_around(self, z: CorrectionConfig) -> Box | None:
-        """The crop (:func:`.zoom.focus_box`) around the mask and the positive clicks."""
-        need = object_box(self.mask, np.array(self.points), np.array(self.labels))
+    def _object_box(self) -> Box:
+        """The box around the mask and the positive clicks (:func:`.zoom.object_box`)."""
+        return object_box(self.mask, np.array(self.points), np.array(self.labels))
+
+    def _crop_around(self, z: CorrectionConfig, need: Box) -> Box | None:
+        """The crop (:func:`.zoom.focus_box`) for the object box ``need``."""
         return focus_box(need, self.mask.shape, z.zoom_expand, z.zoom_min_side, z.zoom_max_share)
 
     def _interactions(self) -> int:
@@ -162,10 +165,10 @@ class SamClickSession:
         z = self.corrections
         if z is None or not z.zoom_from or self._interactions() < z.zoom_from:
             return False
-        need = object_box(self.mask, np.array(self.points), np.array(self.labels))
+        need = self._object_box()
         if self.crop is not None and contains(self.crop, need):
             return True
-        box = ahead if ahead is not None and contains(ahead, need) else self._crop_around(z)
+        box = ahead if ahead is not None and contains(ahead, need) else self._crop_around(z, need)
         if box is None:
             if self.crop is not None:  # back to the whole image, from the current mask
                 self.logits = mask_prompt(self.emb, self.mask)
