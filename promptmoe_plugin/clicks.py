@@ -40,7 +40,7 @@ class ClickSession(Protocol):
         """Add a click at image pixel ``(x, y)``; returns the new ``(H, W) bool`` mask."""
         ...
 
-    def next_crop(self) -> tuple[int, int, int, int] | None:
+    def next_crop(self) -> Box | None:
         """The crop (x0, y0, x1, y1 image pixels) the next click will start zooming on,
         or None."""
         ...

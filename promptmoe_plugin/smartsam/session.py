@@ -34,6 +34,7 @@ from ..configs import parse_fields
 from ..corrections import CorrectionConfig
 from ..sam import ImageEmbedding, Prompt, SamEngine
 from ..sam.frames import crop_lowres, lowres_pixel, lowres_shape, lowres_to_image
+from ..zoom import Box
 from .chains import next_click
 from .intent import Intent, NoIntent, matmul, similarity
 from .sampler import sample_boxes, sample_points
@@ -261,7 +262,7 @@ class SmartSamSession:
             return None
         return self.engine.upscale_masks(self.emb, self.pool.logits, "image")
 
-    def next_crop(self) -> tuple[int, int, int, int] | None:
+    def next_crop(self) -> Box | None:
         """The crop (image pixels) the next click will start zooming on, or None
         (:meth:`~promptmoe_plugin.clicks.SamClickSession.next_crop`)."""
         return self._sam.next_crop()
