@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from promptmoe_plugin.smartsam.chains import deepest_pixel, next_click, uncertain_regions
-from promptmoe_plugin.smartsam.intent import similarity
+from promptmoe_plugin.smartsam.intent import matmul, similarity
 from promptmoe_plugin.smartsam.sampler import ASPECTS, BOX_SIDE, sample_boxes, sample_points
 from promptmoe_plugin.smartsam.session import (
     PAPER_AGENT,
@@ -108,6 +108,17 @@ def test_similarity_max_and_mean():
     np.testing.assert_allclose(similarity(cands, refs, "mean"), [0.5, np.sqrt(0.5)], rtol=1e-6)
     with pytest.raises(ValueError):
         similarity(cands, refs, "median")
+
+
+def test_matmul_of_views_equals_numpy():
+    rng = np.random.default_rng(0)
+    a = rng.random((5, 64), np.float32)
+    grid = rng.random((32, 64), np.float32)
+    frozen = grid.T.copy()
+    frozen.flags.writeable = False
+    for b in (grid.T, grid[::-1].T, frozen):  # transposed, negative stride, read-only
+        np.testing.assert_allclose(matmul(a, b), a @ b, rtol=1e-5)
+    np.testing.assert_allclose(matmul(a.astype(np.float64), grid.T), a @ grid.T, rtol=1e-5)
 
 
 def test_duplicates_keep_the_better_scored():
