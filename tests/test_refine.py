@@ -17,6 +17,7 @@ from promptmoe_plugin.refine import (
     VARIANTS,
     RefineConfig,
     draft_signals,
+    draft_topology,
     keeps_draft,
     refine,
 )
@@ -195,6 +196,8 @@ def test_config_defaults_and_the_paper_settings():
         ("keep_stability", 1.5),
         ("keep_stability", "0.9"),
         ("keep_edges", -1.0),
+        ("keep_holes", 1.5),
+        ("keep_main", 1.5),
         ("iterations", 0),
         ("gamma", 0.0),
         ("strength", -1.0),
@@ -290,12 +293,34 @@ def test_a_near_correct_draft_comes_back_unharmed(engine, router):
 
 
 def test_keeps_draft_follows_its_thresholds():
-    config = RefineConfig(keep_stability=0.97, keep_edges=2.75)
-    unsure = {"stability": 0.9, "edge_result": 1.0}
+    config = RefineConfig(keep_stability=0.97, keep_holes=0.1, keep_main=1.0)
+    unsure = {"stability": 0.9, "edge_result": 4.0, "holes_filled": 0.05, "main_piece": 1.0}
     assert keeps_draft(unsure, config)
     assert not keeps_draft({**unsure, "stability": 0.99}, config)  # SAM is sure
-    assert not keeps_draft({**unsure, "edge_result": 4.0}, config)  # on strong edges
+    assert not keeps_draft({**unsure, "holes_filled": 0.5}, config)  # SAM fills its holes
+    assert not keeps_draft({**unsure, "main_piece": 0.98}, config)  # stray pieces
+    with_edges = RefineConfig(keep_stability=0.97, keep_edges=2.75)
+    assert not keeps_draft(unsure, with_edges)  # the answer follows strong edges
+    assert keeps_draft({**unsure, "edge_result": 1.0}, with_edges)
     assert not keeps_draft(unsure, RefineConfig(keep_stability=None))  # the check is off
+
+
+def test_draft_topology_tells_filled_holes_and_stray_pieces():
+    disk = np.zeros((60, 80), bool)
+    disk[np.hypot(*np.ogrid[-30:30, -40:40]) < 20] = True
+    assert draft_topology(disk, disk) == {"holes_filled": 0.0, "main_piece": 1.0}
+    ring = disk.copy()
+    ring[27:33, 37:43] = False  # a 6 x 6 hole
+    assert draft_topology(ring, disk)["holes_filled"] == 1.0  # SAM fills it: a defect
+    assert draft_topology(ring, ring)["holes_filled"] == 0.0  # SAM leaves it: the object's
+    half = ring.copy()
+    half[27:33, 37:40] = True
+    assert draft_topology(ring, half)["holes_filled"] == pytest.approx(0.5)
+    blob = disk.copy()
+    blob[2:5, 2:5] = True  # a stray 3 x 3 piece, not touching the disk
+    assert draft_topology(blob, disk)["main_piece"] == pytest.approx(disk.sum() / blob.sum())
+    empty = np.zeros((4, 4), bool)
+    assert draft_topology(empty, empty) == {"holes_filled": 0.0, "main_piece": 0.0}
 
 
 def test_a_poor_draft_is_improved(engine, router):
@@ -318,7 +343,7 @@ def test_a_near_correct_draft_of_a_real_photo_comes_back_unchanged(engine, case,
     draft = make_coarse(gt, image, "lowres")
     assert iou(draft, gt) > 0.95
     out = refine(engine, image, draft, "full", router=router)
-    assert out.source == "draft" and out.signals["stability"] < 0.97
+    assert out.source == "draft" and out.signals["stability"] < RefineConfig().keep_stability
     np.testing.assert_array_equal(out.mask, draft)
     unchecked = refine(
         engine, image, draft, "full", RefineConfig(keep_stability=None), router=router
@@ -328,12 +353,12 @@ def test_a_near_correct_draft_of_a_real_photo_comes_back_unchanged(engine, case,
 
 def test_the_draft_check_reports_its_decision(engine, case, router):
     image, gt, coarse = case
-    always = RefineConfig(keep_stability=1.0, keep_edges=1e9)
+    always = RefineConfig(keep_stability=1.0, keep_holes=1.0, keep_main=0.0)
     kept = refine(engine, image, coarse, "lite", always, router=router)
     assert kept.source == "draft" and "draft_check" in kept.timings
     np.testing.assert_array_equal(kept.mask, coarse)
     assert 0 < kept.score <= 1.5 and kept.prompts.box.shape == (4,)
-    names = {"box_iou", "agreement", "score", "stability", "edge_draft", "edge_result"}
+    names = {"box_iou", "agreement", "stability", "edge_result", "holes_filled", "main_piece"}
     assert names <= set(kept.signals) and 0 <= kept.signals["agreement"] <= 1
     off = refine(engine, image, coarse, "lite", RefineConfig(keep_stability=None), router=router)
     assert off.source != "draft" and not np.array_equal(off.mask, coarse)
