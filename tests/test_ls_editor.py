@@ -213,7 +213,7 @@ def test_scores_are_calibrated_and_spread():
     """Raw SAM scores pass 1.0 (011's click answered 1.00, tied with every confident mask);
     the calibrated score stays below 1, keeps their order and maps NaN to 0."""
     raw = [0.5, 0.8, 0.95, 1.0, 1.02, 1.05]
-    for source in ("click", "box", "draft"):
+    for source in ("click", "box", "draft", "kept"):
         scores = [calibrated_score(r, source) for r in raw]
         assert all(0 < s < 1 for s in scores) and scores == sorted(set(scores))
         assert calibrated_score(float("nan"), source) == 0.0

@@ -18,6 +18,7 @@ from ls_backend.results import brush_masks, brush_result
 from ls_backend.server import create_app
 from ls_backend.tasks import Click
 from ls_backend.tracks import ClickTracks
+from promptmoe_plugin.eval.coarse import make_coarse
 from promptmoe_plugin.eval.metrics import iou
 
 IMAGE = "/data/local-files/?d=voc.png"
@@ -248,6 +249,18 @@ def test_brush_draft_is_refined(client, scene):
         0.7, iou(draft, gt["person_left"]) - 0.05
     )
     assert 0 < pred["score"] <= 1
+
+
+def test_a_near_correct_brush_draft_comes_back_unchanged(client, voc):
+    """The largest VOC object's ``lowres`` draft (IoU 0.98, one piece; its hole is the
+    object's own, SAM leaves it open): the draft check keeps it, pixel for pixel."""
+    gt = voc["masks"][np.argmax(voc["masks"].sum(axis=(1, 2)))]
+    draft = make_coarse(gt, voc["rgb"], "lowres")
+    task = {"id": 3, "data": {"image": IMAGE}}
+    (pred,) = _predict(client, [task], {"result": [_brush(draft, "Person")]}).json["results"]
+    ((label, mask),) = _masks(pred)
+    assert label == "Person" and 0 < pred["score"] < 1
+    np.testing.assert_array_equal(mask, draft)
 
 
 def test_batch_predictions_refine_drafts_and_isolate_bad_tasks(client, scene):
