@@ -56,10 +56,11 @@ def _run_refine(args: argparse.Namespace) -> int:
         Image.fromarray(art).save(prepare_out(args.overlay))
     stages = " ".join(f"{k}={v:.3f}s" for k, v in result.timings.items())
     experts = " ".join(f"{k}:{v:.2f}" for k, v in result.experts.items())
-    print(
-        f"{args.variant}: {result.source} answer, predicted IoU {result.score:.3f}; {stages}"
-        + (f"; experts {experts}" if experts else "")
-    )
+    if result.source == "draft":  # the draft check kept it: the score is of the rejected answer
+        what = f"draft kept, SAM's answer (predicted IoU {result.score:.3f}) rejected"
+    else:
+        what = f"{result.source} answer, predicted IoU {result.score:.3f}"
+    print(f"{args.variant}: {what}; {stages}" + (f"; experts {experts}" if experts else ""))
     return 0
 
 

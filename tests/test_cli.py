@@ -47,7 +47,9 @@ def test_refine_writes_mask_overlay_and_a_summary_line(scene, tmp_path, capsys):
     ]
     assert main(argv) == 0
     line = capsys.readouterr().out
-    assert re.match(r"lite: (box|experts|plain) answer, predicted IoU \d\.\d{3}; encode=", line)
+    iou = r"predicted IoU \d\.\d{3}"
+    answer = rf"(box|experts|plain) answer, {iou}|draft kept, SAM's answer \({iou}\) rejected"
+    assert re.match(rf"lite: ({answer}); encode=", line)
     out = load_mask(tmp_path / "out" / "mask.png")
     assert out.shape == gt.shape and mask_iou(out, gt) > 0.5
     assert Image.open(tmp_path / "ov.png").size == (gt.shape[1], gt.shape[0])
