@@ -324,8 +324,9 @@ def test_draft_topology_tells_filled_holes_and_stray_pieces():
 
 
 def test_a_poor_draft_is_improved(engine, router):
-    """A draft eroded by 8 px (IoU about 0.7) on the constructed photo: SAM is sure of a
-    better answer along strong edges, so the check lets it replace the draft."""
+    """A draft eroded by 8 px (IoU about 0.7, one clean piece) on the constructed photo:
+    SAM is sure of a better answer (stability above the check's threshold), so the check
+    lets it replace the draft."""
     import cv2
 
     image, gt = _scene()
