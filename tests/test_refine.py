@@ -359,7 +359,8 @@ def test_the_draft_check_reports_its_decision(engine, case, router):
     assert kept.source == "draft" and "draft_check" in kept.timings
     np.testing.assert_array_equal(kept.mask, coarse)
     assert 0 < kept.score <= 1.5 and kept.prompts.box.shape == (4,)
-    names = {"box_iou", "agreement", "stability", "edge_result", "holes_filled", "main_piece"}
+    names = {"box_iou", "agreement", "score", "stability", "edge_draft", "edge_result"}
+    names |= {"holes_filled", "main_piece"}
     assert names <= set(kept.signals) and 0 <= kept.signals["agreement"] <= 1
     off = refine(engine, image, coarse, "lite", RefineConfig(keep_stability=None), router=router)
     assert off.source != "draft" and not np.array_equal(off.mask, coarse)
