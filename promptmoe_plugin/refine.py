@@ -12,8 +12,9 @@ PromptMoE variants first ask SAM for its answer to the draft's box; when that an
 agrees with the draft (IoU above ``box_gate``) it is the result and no expert runs;
 otherwise the experts' answer competes with the plain mask-prompt answer (SAMRefiner's
 prompts) and the one SAM is more stable about is returned (``stable_pick``).  Last, the
-draft check (:func:`keeps_draft`) returns the draft itself when it is one piece without
-holes that SAM's answer fills and SAM is unsure of that answer (``source == "draft"``).
+draft check (:func:`keeps_draft`) returns the draft itself when it is one piece with a
+smooth outline and without holes that SAM's answer fills, and SAM is unsure of that answer
+(``source == "draft"``).
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ VARIANTS = ("full", "lite", "dense", "samrefiner", "dualsight", "sam-box", "unre
 #: Gaussian blur (working-frame pixels) before the image gradient the draft check reads.
 EDGE_SIGMA = 1.5
 
+#: How closely (working-frame pixels) the polygon of :func:`outline_vertices` follows the
+#: draft's outline.
+OUTLINE_TOLERANCE = 2.0
+
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
@@ -85,6 +90,10 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "keep_edges": (lambda v: v is None or (_is_real(v) and v >= 0), "a number >= 0 or None (off)"),
     "keep_holes": (lambda v: _is_real(v) and 0 <= v <= 1, "a number in [0, 1]"),
     "keep_main": (lambda v: _is_real(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "keep_vertices": (
+        lambda v: v is None or (_is_real(v) and v > 0),
+        "a number > 0 or None (off)",
+    ),
     "iterations": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "gamma": (lambda v: _is_real(v) and v > 0, "a number > 0"),
     "strength": (lambda v: _is_real(v) and v >= 0, "a number >= 0"),
@@ -119,12 +128,15 @@ class RefineConfig:
             None is off.
         stable_pick: where the experts ran, return their answer or the plain mask-prompt
             one, whichever SAM is more stable about.
-        keep_stability, keep_holes, keep_main, keep_edges: the draft check
+        keep_stability, keep_holes, keep_main, keep_vertices, keep_edges: the draft check
             (:func:`keeps_draft`): return the draft itself when SAM is unsure of its
             refined answer (stability score below ``keep_stability``) and the draft is
             clean: the answer fills at most ``keep_holes`` of the draft's holes (holes the
-            answer leaves open are the object's own) and the draft's largest piece holds at
-            least ``keep_main`` of its area.  ``keep_edges`` (None: off) also asks
+            answer leaves open are the object's own), the draft's largest piece holds at
+            least ``keep_main`` of its area, and its outline is smooth: a polygon within
+            :data:`OUTLINE_TOLERANCE` px of it needs at most ``keep_vertices`` vertices per
+            100 px of outline (:func:`outline_vertices`, working frame; None: any
+            outline).  ``keep_edges`` (None: off) also asks
             that the answer's contour does not follow strong image edges (mean edge
             strength along it below ``keep_edges``, 1 = the image's average pixel).
             ``keep_stability=None`` turns the check off.  Chosen on a tuning mix of DAVIS,
@@ -151,6 +163,7 @@ class RefineConfig:
     keep_stability: float | None = 0.985
     keep_holes: float = 0.1
     keep_main: float = 1.0
+    keep_vertices: float | None = 3.9
     keep_edges: float | None = None
     iterations: int = 3
     gamma: float = GAMMA
@@ -366,7 +379,8 @@ def draft_signals(
       the draft (``P`` its contour pixels);
     * ``holes_filled``: the share of the draft's holes that the answer fills;
       ``main_piece``: the share of the draft's area in its largest piece
-      (:func:`draft_topology`).
+      (:func:`draft_topology`); ``outline_vertices``: how ragged the draft's outline is
+      (:func:`outline_vertices`).
     """
     new = logits > 0
     edges = _edge_map(emb.image)
@@ -389,6 +403,7 @@ def draft_signals(
         "area_ratio": float(np.count_nonzero(new)) / max(area, 1),
         "compactness": min(1.0, 4 * np.pi * area / max(perimeter, 1) ** 2),
         **draft_topology(m0, new),
+        "outline_vertices": outline_vertices(m0),
     }
 
 
@@ -412,16 +427,34 @@ def draft_topology(mask: np.ndarray, answer: np.ndarray) -> dict[str, float]:
     }
 
 
+def outline_vertices(mask: np.ndarray, tolerance: float = OUTLINE_TOLERANCE) -> float:
+    """How ragged the outline of ``mask`` ``(h, w) bool`` is: the vertices of the polygons
+    that follow its outer contours within ``tolerance`` pixels (Douglas-Peucker) per 100
+    pixels of contour length; 0 for an empty mask.
+
+    A model's upsampled output or a drawn polygon needs few (about 3 at 2 px in SAM's
+    working frame); a colour segmentation such as GrabCut's follows every pixel-scale
+    notch of the image and needs more.
+    """
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    length = sum(cv2.arcLength(c, True) for c in contours)
+    if length == 0:
+        return 0.0
+    vertices = sum(len(cv2.approxPolyDP(c, tolerance, True)) for c in contours)
+    return 100.0 * vertices / length
+
+
 def keeps_draft(signals: Mapping[str, float], config: RefineConfig) -> bool:
     """The draft check on :func:`draft_signals`: True when the draft should stay, i.e. it
-    is one clean piece and SAM is unsure of its answer (``config.keep_stability``,
-    ``keep_holes``, ``keep_main``, and ``keep_edges`` when set); False when the check is
-    off."""
+    is one clean piece with a smooth outline and SAM is unsure of its answer
+    (``config.keep_stability``, ``keep_holes``, ``keep_main``, and ``keep_vertices`` and
+    ``keep_edges`` when set); False when the check is off."""
     return (
         config.keep_stability is not None
         and signals["stability"] < config.keep_stability
         and signals["holes_filled"] <= config.keep_holes
         and signals["main_piece"] >= config.keep_main
+        and (config.keep_vertices is None or signals["outline_vertices"] <= config.keep_vertices)
         and (config.keep_edges is None or signals["edge_result"] < config.keep_edges)
     )
 

@@ -19,6 +19,7 @@ from promptmoe_plugin.refine import (
     draft_signals,
     draft_topology,
     keeps_draft,
+    outline_vertices,
     refine,
 )
 from promptmoe_plugin.router import load_router
@@ -295,10 +296,14 @@ def test_a_near_correct_draft_comes_back_unharmed(engine, router):
 def test_keeps_draft_follows_its_thresholds():
     config = RefineConfig(keep_stability=0.97, keep_holes=0.1, keep_main=1.0)
     unsure = {"stability": 0.9, "edge_result": 4.0, "holes_filled": 0.05, "main_piece": 1.0}
+    unsure["outline_vertices"] = 3.0
     assert keeps_draft(unsure, config)
     assert not keeps_draft({**unsure, "stability": 0.99}, config)  # SAM is sure
     assert not keeps_draft({**unsure, "holes_filled": 0.5}, config)  # SAM fills its holes
     assert not keeps_draft({**unsure, "main_piece": 0.98}, config)  # stray pieces
+    assert not keeps_draft({**unsure, "outline_vertices": 6.0}, config)  # a ragged outline
+    any_outline = dataclasses.replace(config, keep_vertices=None)
+    assert keeps_draft({**unsure, "outline_vertices": 6.0}, any_outline)
     with_edges = RefineConfig(keep_stability=0.97, keep_edges=2.75)
     assert not keeps_draft(unsure, with_edges)  # the answer follows strong edges
     assert keeps_draft({**unsure, "edge_result": 1.0}, with_edges)
@@ -321,6 +326,23 @@ def test_draft_topology_tells_filled_holes_and_stray_pieces():
     assert draft_topology(blob, disk)["main_piece"] == pytest.approx(disk.sum() / blob.sum())
     empty = np.zeros((4, 4), bool)
     assert draft_topology(empty, empty) == {"holes_filled": 0.0, "main_piece": 0.0}
+
+
+def test_outline_vertices_tell_a_ragged_outline_from_a_smooth_one():
+    """A disk's outline needs few polygon vertices per 100 px; the same disk with a
+    pixel-scale notched outline (a colour segmentation's) needs several times more."""
+    yy, xx = np.mgrid[:400, :400]
+    radius = np.hypot(yy - 200, xx - 200)
+    disk = radius < 150
+    smooth = outline_vertices(disk)
+    assert 0 < smooth < 3.9 <= RefineConfig().keep_vertices + 1e-9
+    angle = np.arctan2(yy - 200, xx - 200)
+    ragged = radius < 150 + 4 * np.sign(np.sin(40 * angle))  # 40 notches 4 px deep
+    assert outline_vertices(ragged) > 2 * smooth
+    assert outline_vertices(ragged) > RefineConfig().keep_vertices
+    assert outline_vertices(np.zeros((8, 8), bool)) == 0.0
+    # the tolerance is in pixels: at 5 px the notches are within it
+    assert outline_vertices(ragged, tolerance=5.0) < outline_vertices(ragged)
 
 
 def test_a_poor_draft_is_improved(engine, router):
@@ -354,13 +376,13 @@ def test_a_near_correct_draft_of_a_real_photo_comes_back_unchanged(engine, case,
 
 def test_the_draft_check_reports_its_decision(engine, case, router):
     image, gt, coarse = case
-    always = RefineConfig(keep_stability=1.0, keep_holes=1.0, keep_main=0.0)
+    always = RefineConfig(keep_stability=1.0, keep_holes=1.0, keep_main=0.0, keep_vertices=None)
     kept = refine(engine, image, coarse, "lite", always, router=router)
     assert kept.source == "draft" and "draft_check" in kept.timings
     np.testing.assert_array_equal(kept.mask, coarse)
     assert 0 < kept.score <= 1.5 and kept.prompts.box.shape == (4,)
     names = {"box_iou", "agreement", "score", "stability", "edge_draft", "edge_result"}
-    names |= {"holes_filled", "main_piece"}
+    names |= {"holes_filled", "main_piece", "outline_vertices"}
     assert names <= set(kept.signals) and 0 <= kept.signals["agreement"] <= 1
     off = refine(engine, image, coarse, "lite", RefineConfig(keep_stability=None), router=router)
     assert off.source != "draft" and not np.array_equal(off.mask, coarse)
