@@ -432,9 +432,9 @@ def outline_vertices(mask: np.ndarray, tolerance: float = OUTLINE_TOLERANCE) -> 
     that follow its outer contours within ``tolerance`` pixels (Douglas-Peucker) per 100
     pixels of contour length; 0 for an empty mask.
 
-    A model's upsampled output or a drawn polygon needs few (about 3 at 2 px in SAM's
-    working frame); a colour segmentation such as GrabCut's follows every pixel-scale
-    notch of the image and needs more.
+    At 2 px in SAM's working frame, upsampled low-resolution masks (a model's output)
+    need about 3 (median 3.2 on the README's tuning mix), GrabCut segmentations, which
+    follow every pixel-scale notch of the image, about 5 (median 5.0).
     """
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     length = sum(cv2.arcLength(c, True) for c in contours)
