@@ -73,6 +73,25 @@ def test_small_object_on_a_larger_one_keeps_sams_answer(engine):
     assert iou(raw.mask, rect | disk) > 0.9
 
 
+def test_a_large_object_is_not_taken_for_background(engine):
+    """A two-tone object filling 73% of the image, clicked at its centre: SAM's best mask
+    is the whole object, larger than ``max_area``; it stands against a smaller candidate
+    that also holds the click (the background limit applies to the other candidates)."""
+    img = _plain(1)
+    big = (abs(XX - 128) < 115) & (abs(YY - 128) < 105)
+    img[big], img[big & (XX < 100)] = (60, 90, 170), (40, 70, 150)
+    s = SmartSamSession(engine, img)
+    s.click(128, 128)
+    pool = s.candidates
+    sam = int(np.argmax(s.pool.iou[:3]))
+    area = pool.reshape(len(pool), -1).mean(axis=1)
+    assert iou(pool[sam], big) > 0.95 and area[sam] > s.config.max_area
+    limit = s.config.max_area
+    smaller = [i for i in range(len(pool)) if pool[i][128, 128] and 0 < area[i] <= limit]
+    assert smaller  # a part of the object that the old rule chose instead
+    assert s.chosen == sam and iou(s.mask, big) > 0.95
+
+
 def test_chain_shows_the_whole_when_the_click_is_on_a_seam(engine):
     """A two-tone object clicked at its centre, on the seam: SAM's best mask is one half
     (the click on its rim), a chain's Add click reaches the whole, which is chosen."""
