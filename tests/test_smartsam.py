@@ -85,8 +85,8 @@ def test_a_large_object_is_not_taken_for_background(engine):
     pool = s.candidates
     sam = int(np.argmax(s.pool.iou[:3]))
     area = pool.reshape(len(pool), -1).mean(axis=1)
-    assert iou(pool[sam], big) > 0.95 and area[sam] > s.config.max_area
     limit = s.config.max_area
+    assert iou(pool[sam], big) > 0.95 and area[sam] > limit
     smaller = [i for i in range(len(pool)) if pool[i][128, 128] and 0 < area[i] <= limit]
     assert smaller  # a part of the object that the old rule chose instead
     assert s.chosen == sam and iou(s.mask, big) > 0.95

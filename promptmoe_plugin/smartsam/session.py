@@ -328,11 +328,19 @@ class SmartSamSession:
         )
         return index
 
-    def _eligible(self, masks: np.ndarray, row: int, col: int) -> np.ndarray:
+    def _eligible(
+        self, masks: np.ndarray, row: int, col: int, exempt: int | None = None
+    ) -> np.ndarray:
         """``(N,) bool`` candidates that hold low-res pixel (row, col) and are neither
-        empty nor larger than ``max_area`` of the image; ``masks`` ``(N, lh, lw) bool``."""
+        empty nor larger than ``max_area`` of the image; candidate ``exempt`` (SAM's own
+        answer, at the choice) is held to the first two only.  ``masks`` ``(N, lh, lw)
+        bool``."""
         area = masks.mean(axis=(1, 2))
-        return (self.pool.logits[:, row, col] > 0) & (area > 0) & (area <= self.config.max_area)
+        holds = (self.pool.logits[:, row, col] > 0) & (area > 0)
+        ok = holds & (area <= self.config.max_area)
+        if exempt is not None:
+            ok[exempt] = holds[exempt]
+        return ok
 
     def _starts(self, row: int, col: int) -> list[int]:
         """Chain starts: the best distinct candidates that contain the click, ranked by
@@ -436,17 +444,15 @@ class SmartSamSession:
     def _select(self, row: int, col: int) -> int:
         """Index of the chosen candidate: SAM's own answer (the click's mask with the best
         predicted IoU; eligible whatever its area when it holds the click) unless an
-        eligible (:meth:`_eligible`) candidate's :meth:`_scores`
-        beats it by more than ``switch_margin`` (with references, only a candidate at
+        eligible (:meth:`_eligible`) candidate's :meth:`_scores` beats it by more than
+        ``switch_margin`` (with references, only a candidate at
         least ``sim_margin`` more similar to them); the best eligible one when SAM's own
         answer is not eligible."""
         cfg = self.config
         masks = crop_lowres(self.pool.logits, lowres_shape(self.emb)) > 0
-        ok = self._eligible(masks, row, col)
         own = np.flatnonzero(np.array(self.pool.source) == "click")
         sam = int(own[np.argmax(self.pool.iou[own])])
-        # SAM's own answer is never taken for background (``max_area``) when it holds the click.
-        ok[sam] |= bool(self.pool.logits[sam, row, col] > 0 and masks[sam].any())
+        ok = self._eligible(masks, row, col, exempt=sam)  # never taken for background
         if not ok.any():  # nothing plausible holds the click: fall back to any non-empty one
             ok = masks.any(axis=(1, 2)) if masks.any() else np.ones(len(self.pool), bool)
         score, sim = self._scores(masks, ok, row, col, sam)
