@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
 from types import SimpleNamespace
 
 import numpy as np
@@ -286,6 +288,39 @@ def test_disk_cache_survives_a_new_engine(tmp_path, astronaut):
     again = second.embed(astronaut)
     assert second.stats().encodes == 0 and second.stats().disk_hits == 1
     assert torch.equal(emb.features, again.features)
+
+
+def test_engines_sharing_a_disk_cache_do_not_collide(engine, tmp_path, astronaut, monkeypatch):
+    """Two engines (two workers) encode the same image at once into one folder: the
+    second stores its file while the first is between writing and renaming its own.  Both
+    get their embedding and the folder ends with one complete file, no temporary one."""
+    first = SamEngine(engine.sam, disk_cache=tmp_path, runtime="torch")
+    second = SamEngine(engine.sam, disk_cache=tmp_path, runtime="torch")
+    save, done = np.save, []
+
+    def interleaved(path, array, *args, **kwargs):
+        save(path, array, *args, **kwargs)
+        if not done:  # the first writer: let the other worker write and rename meanwhile
+            done.append(True)
+            worker = threading.Thread(target=lambda: done.append(second.embed(astronaut)))
+            worker.start()
+            worker.join()
+
+    monkeypatch.setattr(np, "save", interleaved)
+    emb = first.embed(astronaut)
+    assert torch.equal(emb.features, done[1].features)
+    (folder,) = tmp_path.iterdir()
+    assert [p.name for p in folder.iterdir()] == [f"{emb.key}.npy"]
+
+
+def test_an_unwritable_disk_cache_is_logged_not_raised(engine, tmp_path, astronaut, caplog):
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    cached = SamEngine(engine.sam, disk_cache=blocked, runtime="torch")
+    with caplog.at_level(logging.WARNING):
+        emb = cached.embed(astronaut)
+    assert emb.features.shape[-2:] == (64, 64) and cached.stats().encodes == 1
+    assert "could not store the embedding" in caplog.text
 
 
 @pytest.mark.parametrize(

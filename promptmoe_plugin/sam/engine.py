@@ -7,7 +7,9 @@ or working frame.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -309,11 +311,23 @@ class SamEngine:
             encode_seconds=seconds,
         )
         if self.disk_cache is not None:
+            self._save_disk(key, features)
+        return emb
+
+    def _save_disk(self, key: str, features: torch.Tensor) -> None:
+        """Store ``features`` as ``<key>.npy`` in the disk cache, atomically: written to a
+        temporary name of this process and thread, then renamed, so processes sharing the
+        folder never read a partial file nor collide.  A failed write is logged, never
+        raised: the cache only saves time."""
+        tmp = self.disk_cache / f".{key}.{os.getpid()}.{threading.get_ident()}.tmp.npy"
+        try:
             self.disk_cache.mkdir(parents=True, exist_ok=True)
-            tmp = self.disk_cache / f"{key}.tmp.npy"
             np.save(tmp, features.cpu().numpy())
             tmp.replace(self.disk_cache / f"{key}.npy")
-        return emb
+        except OSError as exc:
+            log.warning("could not store the embedding in %s: %s", self.disk_cache, exc)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
 
     def _load_disk(self, key: str, image: np.ndarray) -> ImageEmbedding | None:
         if self.disk_cache is None:
