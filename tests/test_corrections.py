@@ -60,12 +60,19 @@ def test_consistency_choice_on_a_constructed_case():
     pool = np.stack([_logits(previous), _logits(whole)])
     config = CorrectionConfig(guard=False, single_bonus=0.0)
     best, zone, _ = choose(
-        pool, np.array([0.99, 0.80]), clicks, np.array([1, 1]), _logits(previous), SHAPE, config
+        pool,
+        np.array([0.99, 0.80]),
+        clicks,
+        np.array([1, 1]),
+        _logits(previous),
+        0.9,
+        SHAPE,
+        config,
     )
     assert (best, zone) == (1, None)
     # With plain SAM's bonus its own answer (index 0) stands when the guard allows it.
     best, _, _ = choose(
-        pool, np.array([0.99, 0.80]), clicks, np.array([1, 1]), _logits(previous), SHAPE, PLAIN
+        pool, np.array([0.99, 0.80]), clicks, np.array([1, 1]), _logits(previous), 0.9, SHAPE, PLAIN
     )
     assert best == 0
 
@@ -79,11 +86,13 @@ def test_negative_click_near_the_edge_does_not_empty_a_good_mask():
     labels = np.array([1, 0])
     pool = np.stack([_logits(np.zeros(SHAPE, bool)), _logits(trimmed)])
     best, zone, clean = choose(
-        pool, np.array([0.95, 0.90]), clicks, labels, _logits(good), SHAPE, CorrectionConfig()
+        pool, np.array([0.95, 0.90]), clicks, labels, _logits(good), 0.9, SHAPE, CorrectionConfig()
     )
     assert (best, zone, clean) == (1, None, False)
     # Guard off (plain SAM's answer kept): the mask is emptied.
-    best, _, _ = choose(pool, np.array([0.95, 0.90]), clicks, labels, _logits(good), SHAPE, PLAIN)
+    best, _, _ = choose(
+        pool, np.array([0.95, 0.90]), clicks, labels, _logits(good), 0.9, SHAPE, PLAIN
+    )
     assert best == 0
 
 
@@ -97,7 +106,9 @@ def test_guard_keeps_an_earlier_positive_click_and_edits_near_the_click_only():
     labels = np.array([1, 1])
     pool = np.stack([_logits(right_only)])
     config = CorrectionConfig()
-    best, zone, _ = choose(pool, np.array([0.97]), clicks, labels, _logits(previous), SHAPE, config)
+    best, zone, _ = choose(
+        pool, np.array([0.97]), clicks, labels, _logits(previous), 0.9, SHAPE, config
+    )
     assert best == 0 and zone is not None and zone[146, 125] and not zone[120, 70]
     edited = local_edit(pool[best], _logits(previous), zone) > 0
     assert edited[120, 70] and edited[146, 125]  # first click kept, new click added
@@ -105,9 +116,36 @@ def test_guard_keeps_an_earlier_positive_click_and_edits_near_the_click_only():
     # Had a candidate kept the left part, it would have been taken whole.
     pool = np.stack([_logits(right_only), _logits(gap)])
     best, zone, _ = choose(
-        pool, np.array([0.97, 0.90]), clicks, labels, _logits(previous), SHAPE, config
+        pool, np.array([0.97, 0.90]), clicks, labels, _logits(previous), 0.9, SHAPE, config
     )
     assert (best, zone) == (1, None)
+
+
+def test_an_answer_sam_scores_lower_must_keep_more_of_the_mask():
+    """A negative click 3 px inside a good mask's edge; SAM's answer cuts a slice off the
+    far side too (it keeps 0.8 of the mask away from the click).  At the same predicted
+    IoU as the previous mask it passes the guard (0.8 >= ``guard_keep``); scored 0.2
+    lower it must keep ``guard_keep_fall`` (0.9) and only its change near the click is
+    applied."""
+    good = _disk(128, 128, 60)
+    cut = good & ~_disk(188, 128, 8) & (np.arange(LOW_RES)[None, :] > 95)
+    clicks = _xy((128, 128), (185, 128))
+    labels = np.array([1, 0])
+    config = CorrectionConfig()
+    pool = np.stack([_logits(cut)])
+    best, zone, clean = choose(
+        pool, np.array([0.9]), clicks, labels, _logits(good), 0.9, SHAPE, config
+    )
+    assert (best, zone, clean) == (0, None, True)
+    best, zone, clean = choose(
+        pool, np.array([0.7]), clicks, labels, _logits(good), 0.9, SHAPE, config
+    )
+    assert (best, clean) == (0, False) and zone is not None
+    edited = local_edit(pool[0], _logits(good), zone) > 0
+    assert not edited[128, 186] and edited[128, 72]  # the click's pixel cut, the far side kept
+    # The rule off: the lower-scored answer passes as before.
+    off = CorrectionConfig(guard_fall=None)
+    assert choose(pool, np.array([0.7]), clicks, labels, _logits(good), 0.9, SHAPE, off)[2]
 
 
 def test_a_deep_click_is_no_small_correction():
