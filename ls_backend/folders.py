@@ -17,6 +17,7 @@ from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
 from promptmoe_plugin.eval.datasets import IMAGE_SUFFIXES
+from promptmoe_plugin.atomic import replaced_atomically
 
 LOCAL_FILES = "/data/local-files/?d="
 
@@ -92,6 +93,5 @@ def read_import(path: Path) -> dict[str, dict]:
 def write_import(path: Path, tasks: Iterable[dict]) -> None:
     """Write a Label Studio import file (a JSON list of tasks with ``predictions``)
     atomically: a reader sees the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(list(tasks), indent=1))
-    tmp.replace(path)
+    with replaced_atomically(path) as tmp:
+        tmp.write_text(json.dumps(list(tasks), indent=1))

@@ -36,6 +36,7 @@ from .images import ImageFetcher, ImageFetchError
 from .label_config import parse_label_config
 from .references import Reference, ReferenceStore, pack_mask
 from .tasks import TaskError, annotation_regions, project_id
+from promptmoe_plugin.atomic import replaced_atomically
 
 try:  # a lock between processes sharing one MODEL_DIR (POSIX); threads use TrainingQueue's
     import fcntl
@@ -307,18 +308,14 @@ def refit(
             stale.unlink(missing_ok=True)
         version = store.next_router_version()
         path = out_dir / f"router-r{version}.pt"
-        tmp = out_dir / f".router-r{version}.{os.getpid()}.tmp"
-        try:
+        with replaced_atomically(path) as tmp:
             figures = refit_router(
                 engine, triples, tmp, base_weights=base, epochs=epochs, depth=depth
             )
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
             router = load_router(tmp)  # it reads back before it becomes a version
-            os.replace(tmp, path)
-            _fsync_dir(out_dir)
-        finally:
-            tmp.unlink(missing_ok=True)
+        _fsync_dir(out_dir)
         figures = {k: v for k, v in figures.items() if k != "out"}
         store.add_router(version, path, len(triples), figures)
     return Refit(router, version, path, len(triples), figures)

@@ -7,9 +7,7 @@ or working frame.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Sequence
@@ -24,6 +22,7 @@ import torch.nn.functional as F
 from segment_anything.utils.transforms import ResizeLongestSide
 from torchvision.transforms.functional import resize, to_pil_image
 
+from ..atomic import replaced_atomically
 from .build import LoadedSam, load_sam
 from .cache import CacheStats, LRUCache, image_key
 from .embedding import ImageEmbedding
@@ -319,15 +318,12 @@ class SamEngine:
         temporary name of this process and thread, then renamed, so processes sharing the
         folder never read a partial file nor collide.  A failed write is logged, never
         raised: the cache only saves time."""
-        tmp = self.disk_cache / f".{key}.{os.getpid()}.{threading.get_ident()}.tmp.npy"
         try:
             self.disk_cache.mkdir(parents=True, exist_ok=True)
-            np.save(tmp, features.cpu().numpy())
-            tmp.replace(self.disk_cache / f"{key}.npy")
+            with replaced_atomically(self.disk_cache / f"{key}.npy", ".tmp.npy") as tmp:
+                np.save(tmp, features.cpu().numpy())
         except OSError as exc:
             log.warning("could not store the embedding in %s: %s", self.disk_cache, exc)
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
 
     def _load_disk(self, key: str, image: np.ndarray) -> ImageEmbedding | None:
         if self.disk_cache is None:

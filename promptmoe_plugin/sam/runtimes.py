@@ -31,8 +31,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -48,6 +46,7 @@ import torch
 
 from .build import LoadedSam, weights_id
 from .frames import IMAGE_SIZE
+from ..atomic import replaced_atomically
 
 log = logging.getLogger(__name__)
 
@@ -644,11 +643,9 @@ def _export_into(
     """Export the ``part`` graph into a new folder and rename it to ``folder``, so a reader
     sees a whole graph or none (a graph over 2 GB keeps its external data beside it);
     returns the mask agreement with torch measured on the built graph."""
-    tmp = folder.with_name(f"{folder.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    graph = tmp / _graph_name(part)
-    try:
+    with replaced_atomically(folder) as tmp:
+        tmp.mkdir(parents=True)
+        graph = tmp / _graph_name(part)
         if part == "encoder":
             export_onnx(sam, graph)
             run = load_session(name, graph, precision, threads)
@@ -668,10 +665,6 @@ def _export_into(
             "checkpoint": str(sam.checkpoint),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return agreement
 
 
