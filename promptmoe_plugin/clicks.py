@@ -14,7 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .corrections import CorrectionConfig, correct_click
+from .corrections import Correction, CorrectionConfig, correct_click
 from .sam import ImageEmbedding, Prompt, SamEngine
 from .zoom import (
     Box,
@@ -86,6 +86,8 @@ class SamClickSession:
     crop: Box | None = None
     crop_emb: ImageEmbedding | None = None
     crop_logits: np.ndarray | None = None  # (256, 256) float32, the crop's low-res frame
+    #: How the latest click's mask was chosen (None: a first or a plain click).
+    last: Correction | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.emb: ImageEmbedding = self.engine.embed(self.image)
@@ -122,7 +124,9 @@ class SamClickSession:
             )
             masks = self.engine.upscale_masks(self.emb, c.logits[None], "image")
             self.set_state(masks, np.array([c.iou]), c.logits[None], 0)
+            self.last = c
             return self.mask
+        self.last = None
         prompt = Prompt(
             points=np.array(self.points),
             labels=np.array(self.labels),
@@ -201,6 +205,7 @@ class SamClickSession:
         self.mask = paste(crop_mask, self.crop, self.mask.shape)
         self.score = c.iou
         self.crop_logits = c.logits
+        self.last = c
         return self.mask
 
     def set_state(self, masks: np.ndarray, iou: np.ndarray, logits: np.ndarray, index: int) -> None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -181,12 +182,42 @@ class Correction:
             ``"fresh-single"``, ``"fresh-multi"`` (without), ``"previous"``, or one of them
             with ``"+edit"`` when only its change near the click was applied.
         decodes: decoder runs spent (1 or 2).
+        previous_iou: the predicted IoU of the mask before the click.
+        small: the click was a small correction (the guard applied).
+        passed: plain SAM's answer passed the guard (True when it did not apply).
     """
 
     logits: np.ndarray
     iou: float
     source: str
     decodes: int
+    previous_iou: float
+    small: bool
+    passed: bool
+
+    def record(self) -> dict[str, Any]:
+        """Everything but the logits, JSON-ready (``bench click`` keeps one per later
+        click)."""
+        return {
+            "source": self.source,
+            "iou": round(self.iou, 4),
+            "previous_iou": round(self.previous_iou, 4),
+            "small": self.small,
+            "passed": self.passed,
+            "decodes": self.decodes,
+        }
+
+
+class Choice(NamedTuple):
+    """What :func:`choose` picked: the pool ``index``; the ``zone`` ``(lh, lw) bool`` to
+    which its change is confined (:func:`local_edit`) or None to take it whole; whether
+    plain SAM's answer ``passed`` the guard; whether the click was a ``small``
+    correction."""
+
+    index: int
+    zone: np.ndarray | None
+    passed: bool
+    small: bool
 
 
 def click_values(logits: np.ndarray, xy: np.ndarray) -> np.ndarray:
@@ -310,7 +341,7 @@ def choose(
     previous_iou: float,
     shape: tuple[int, int],
     config: CorrectionConfig,
-) -> tuple[int, np.ndarray | None, bool]:
+) -> Choice:
     """Choose among ``(N, 256, 256)`` candidate logits with ``(N,)`` predicted IoU (the
     first one is SAM's single mask with the previous logits: plain SAM's answer) for the
     clicks at ``(K, 2)`` low-res coordinates ``xy`` with ``(K,)`` labels (the last one is
@@ -325,9 +356,8 @@ def choose(
     click only (plain SAM's answer whole when none follows it: the guard never stalls).
 
     Returns:
-        the chosen index; the zone ``(lh, lw) bool`` to which its change is confined
-        (:func:`local_edit`) or None to take it whole; whether plain SAM's answer passed
-        the guard (when not, a ``fresh`` decode may add better candidates).
+        the :class:`Choice`; when plain SAM's answer did not pass, a ``fresh`` decode may
+        add better candidates.
     """
     inside = click_values(pool_logits, xy) > 0
     agree = consistency(inside, labels, config.recency)
@@ -354,13 +384,13 @@ def choose(
                 fell = pool_iou < previous_iou - config.guard_fall
                 keep[fell] = max(config.guard_keep, config.guard_keep_fall)
             ok = guard_ok(cropped > 0, prev_mask, zone, held, keep)
+    small = zone is not None
     if ok.any():
-        best = int(np.flatnonzero(ok)[np.argmax(score[ok])])
-        return best, None, bool(ok[0])
+        return Choice(int(np.flatnonzero(ok)[np.argmax(score[ok])]), None, bool(ok[0]), small)
     newest = inside[:, -1] == (labels[-1] == 1)
     if not newest.any():  # no candidate follows the click: plain SAM's answer, not a stall
-        return 0, None, False
-    return int(np.flatnonzero(newest)[np.argmax(score[newest])]), zone, False
+        return Choice(0, None, False, small)
+    return Choice(int(np.flatnonzero(newest)[np.argmax(score[newest])]), zone, False, small)
 
 
 def correct_click(
@@ -399,18 +429,16 @@ def correct_click(
     shape = lowres_shape(emb)
     xy = image_to_lowres(emb, np.asarray(points, np.float64) + 0.5)
     labels = np.asarray(labels)
-    best, zone, clean = choose(
-        pool.logits, pool.iou, xy, labels, previous, previous_iou, shape, config
-    )
-    if not clean and config.fresh == "auto":
+    choice = choose(pool.logits, pool.iou, xy, labels, previous, previous_iou, shape, config)
+    passed = choice.passed
+    if not passed and config.fresh == "auto":
         pool.extend(*_decode(engine, emb, fresh, config.multimask, "fresh-"))
         decodes += 1
-        best, zone, clean = choose(
-            pool.logits, pool.iou, xy, labels, previous, previous_iou, shape, config
-        )
-    logits, source = pool.logits[best], pool.source[best]
-    if zone is not None:
-        logits, source = local_edit(logits, previous, zone), source + "+edit"
+        choice = choose(pool.logits, pool.iou, xy, labels, previous, previous_iou, shape, config)
+    logits, source = pool.logits[choice.index], pool.source[choice.index]
+    if choice.zone is not None:
+        logits, source = local_edit(logits, previous, choice.zone), source + "+edit"
     log.debug("later click: %s of %d candidates, %d decodes", source, len(pool.iou), decodes)
     logits = np.ascontiguousarray(logits, np.float32)
-    return Correction(logits, float(pool.iou[best]), source, decodes)
+    iou = float(pool.iou[choice.index])
+    return Correction(logits, iou, source, decodes, float(previous_iou), choice.small, passed)

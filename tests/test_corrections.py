@@ -59,7 +59,7 @@ def test_consistency_choice_on_a_constructed_case():
     clicks = _xy((80, 80), (140, 80))
     pool = np.stack([_logits(previous), _logits(whole)])
     config = CorrectionConfig(guard=False, single_bonus=0.0)
-    best, zone, _ = choose(
+    best, zone, *_ = choose(
         pool,
         np.array([0.99, 0.80]),
         clicks,
@@ -71,7 +71,7 @@ def test_consistency_choice_on_a_constructed_case():
     )
     assert (best, zone) == (1, None)
     # With plain SAM's bonus its own answer (index 0) stands when the guard allows it.
-    best, _, _ = choose(
+    best, *_ = choose(
         pool, np.array([0.99, 0.80]), clicks, np.array([1, 1]), _logits(previous), 0.9, SHAPE, PLAIN
     )
     assert best == 0
@@ -85,12 +85,12 @@ def test_negative_click_near_the_edge_does_not_empty_a_good_mask():
     clicks = _xy((120, 120), (170, 120))  # positive in the middle, negative near the edge
     labels = np.array([1, 0])
     pool = np.stack([_logits(np.zeros(SHAPE, bool)), _logits(trimmed)])
-    best, zone, clean = choose(
+    best, zone, clean, small = choose(
         pool, np.array([0.95, 0.90]), clicks, labels, _logits(good), 0.9, SHAPE, CorrectionConfig()
     )
-    assert (best, zone, clean) == (1, None, False)
+    assert (best, zone, clean, small) == (1, None, False, True)
     # Guard off (plain SAM's answer kept): the mask is emptied.
-    best, _, _ = choose(
+    best, *_ = choose(
         pool, np.array([0.95, 0.90]), clicks, labels, _logits(good), 0.9, SHAPE, PLAIN
     )
     assert best == 0
@@ -106,7 +106,7 @@ def test_guard_keeps_an_earlier_positive_click_and_edits_near_the_click_only():
     labels = np.array([1, 1])
     pool = np.stack([_logits(right_only)])
     config = CorrectionConfig()
-    best, zone, _ = choose(
+    best, zone, *_ = choose(
         pool, np.array([0.97]), clicks, labels, _logits(previous), 0.9, SHAPE, config
     )
     assert best == 0 and zone is not None and zone[146, 125] and not zone[120, 70]
@@ -115,7 +115,7 @@ def test_guard_keeps_an_earlier_positive_click_and_edits_near_the_click_only():
     assert (edited & previous).sum() >= 0.95 * previous.sum()
     # Had a candidate kept the left part, it would have been taken whole.
     pool = np.stack([_logits(right_only), _logits(gap)])
-    best, zone, _ = choose(
+    best, zone, *_ = choose(
         pool, np.array([0.97, 0.90]), clicks, labels, _logits(previous), 0.9, SHAPE, config
     )
     assert (best, zone) == (1, None)
@@ -133,19 +133,19 @@ def test_an_answer_sam_scores_lower_must_keep_more_of_the_mask():
     labels = np.array([1, 0])
     config = CorrectionConfig()
     pool = np.stack([_logits(cut)])
-    best, zone, clean = choose(
+    best, zone, clean, small = choose(
         pool, np.array([0.9]), clicks, labels, _logits(good), 0.9, SHAPE, config
     )
-    assert (best, zone, clean) == (0, None, True)
-    best, zone, clean = choose(
+    assert (best, zone, clean, small) == (0, None, True, True)
+    best, zone, clean, small = choose(
         pool, np.array([0.7]), clicks, labels, _logits(good), 0.9, SHAPE, config
     )
-    assert (best, clean) == (0, False) and zone is not None
+    assert (best, clean, small) == (0, False, True) and zone is not None
     edited = local_edit(pool[0], _logits(good), zone) > 0
     assert not edited[128, 186] and edited[128, 72]  # the click's pixel cut, the far side kept
     # The rule off: the lower-scored answer passes as before.
     off = CorrectionConfig(guard_fall=None)
-    assert choose(pool, np.array([0.7]), clicks, labels, _logits(good), 0.9, SHAPE, off)[2]
+    assert choose(pool, np.array([0.7]), clicks, labels, _logits(good), 0.9, SHAPE, off).passed
 
 
 def test_a_deep_click_is_no_small_correction():
@@ -191,7 +191,8 @@ def test_later_clicks_are_deterministic_and_plain_config_is_plain_sam(engine, vo
     one = correct_click(engine, emb, points, labels, previous, 0.9)
     two = correct_click(engine, emb, points, labels, previous, 0.9)
     np.testing.assert_array_equal(one.logits, two.logits)
-    assert one.source == two.source and one.decodes in (1, 2)
+    assert one.record() == two.record() and one.decodes in (1, 2)
+    assert one.previous_iou == 0.9 and one.record()["source"] == one.source
 
 
 def test_backend_click_track_returns_the_guarded_mask(engine, voc, tmp_path):

@@ -131,6 +131,21 @@ def test_sam_session_reproducible_bit_for_bit(engine, voc):
     assert runs[0].oracle_iou >= runs[0].ious[0] > 0.3
 
 
+def test_simulate_records_how_each_later_click_was_chosen(engine, voc):
+    image, gt = voc["rgb"], voc["masks"][15].astype(bool)
+    guarded = simulate(
+        lambda: SamClickSession(engine, image, corrections=CorrectionConfig()), gt, max_clicks=4
+    )
+    first, *later = guarded.corrections
+    assert first is None and len(later) == len(guarded.ious) - 1 >= 1
+    for record in later:
+        assert set(record) == {"source", "iou", "previous_iou", "small", "passed", "decodes"}
+        assert record["source"].startswith("single") and 0 <= record["iou"] <= 1.2
+        assert record["passed"] or record["small"]  # the guard fails only small corrections
+    plain = simulate(lambda: SamClickSession(engine, image), gt, max_clicks=4)
+    assert plain.corrections == [None] * len(plain.ious)
+
+
 class RecordingSession(SamClickSession):
     """Plain SAM in SmartSAM's place: records the references, seed and intent it gets."""
 
@@ -197,6 +212,11 @@ def test_click_bench_writes_report_and_json(engine, tmp_path):
     saved = json.loads(path.read_text())
     assert set(saved) == {"summary", "by_dataset", "per_image", "config"}
     assert saved["summary"]["sam"]["images"] == 1
+    by_method = {r["method"]: r["corrections"] for r in saved["per_image"]}
+    clicks = {r["method"]: len(r["ious"]) for r in saved["per_image"]}
+    assert by_method["sam"] == [None] * clicks["sam"]
+    assert by_method["smartsam-pure"][0] is None and clicks["smartsam-pure"] > 1
+    assert all(c["source"].startswith("single") for c in by_method["smartsam-pure"][1:])
     assert saved["config"]["options"] == {"smartsam-pure": {"n_chains": 2}}
     assert "![](overlays/" in (out / "report.md").read_text()
     assert len(list((out / "overlays").glob("*.png"))) == 4  # best and worst of 2 methods

@@ -180,6 +180,7 @@ def run_click_bench(
                         "clicks": [_interaction(c) for c in run.clicks],
                         "oracle_iou": run.oracle_iou,
                         "sec_per_click": run.seconds,
+                        "corrections": run.corrections,
                     }
                 )
                 ext = extremes[runner.name]

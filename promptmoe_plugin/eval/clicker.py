@@ -138,12 +138,17 @@ class ClickRun:
         clicks: the clicks made (the first a :class:`Frame` for a box-started object).
         seconds: wall time of each click; the first includes creating the session.
         oracle_iou: best IoU over the session's first-click candidate pool, or None.
+        corrections: per click, how a later click's mask was chosen
+            (:meth:`~promptmoe_plugin.corrections.Correction.record`: source, predicted
+            IoU before and after, small correction, guard passed), or None (a first or a
+            plain click, a session without corrections).
     """
 
     ious: list[float] = field(default_factory=list)
     clicks: list[Click | Frame] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     oracle_iou: float | None = None
+    corrections: list[dict[str, Any] | None] = field(default_factory=list)
     masks: list[np.ndarray] = field(default_factory=list, repr=False)
 
 
@@ -190,6 +195,8 @@ def simulate(
         run.seconds.append(time.perf_counter() - t0)
         run.clicks.append(click)
         run.ious.append(iou(pred, gt, ignore))
+        last = getattr(session, "last", None)
+        run.corrections.append(None if last is None else last.record())
         if keep_masks:
             run.masks.append(pred)
         if k == 1:

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..clicks import SamClickSession
 from ..configs import parse_fields
-from ..corrections import CorrectionConfig
+from ..corrections import Correction, CorrectionConfig
 from ..experts.geometry import inner_distance
 from ..sam import ImageEmbedding, Prompt, SamEngine
 from ..sam.frames import crop_lowres, lowres_pixel, lowres_shape, lowres_to_image
@@ -264,6 +264,11 @@ class SmartSamSession:
         if not len(self.pool):
             return None
         return self.engine.upscale_masks(self.emb, self.pool.logits, "image")
+
+    @property
+    def last(self) -> Correction | None:
+        """How the latest later click's mask was chosen (None after the first click)."""
+        return self._sam.last
 
     def next_crop(self) -> Box | None:
         """The crop (image pixels) the next click will start zooming on, or None
