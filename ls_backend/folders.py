@@ -16,8 +16,8 @@ from pathlib import Path
 from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
-from promptmoe_plugin.eval.datasets import IMAGE_SUFFIXES
 from promptmoe_plugin.atomic import replaced_atomically
+from promptmoe_plugin.eval.datasets import IMAGE_SUFFIXES
 
 LOCAL_FILES = "/data/local-files/?d="
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from promptmoe_plugin.atomic import replaced_atomically
 from promptmoe_plugin.experts.depth import DepthEstimator
 from promptmoe_plugin.router import Router, load_router
 from promptmoe_plugin.selector_data import refit_router
@@ -36,7 +37,6 @@ from .images import ImageFetcher, ImageFetchError
 from .label_config import parse_label_config
 from .references import Reference, ReferenceStore, pack_mask
 from .tasks import TaskError, annotation_regions, project_id
-from promptmoe_plugin.atomic import replaced_atomically
 
 try:  # a lock between processes sharing one MODEL_DIR (POSIX); threads use TrainingQueue's
     import fcntl
