@@ -44,9 +44,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic import replaced_atomically
 from .build import LoadedSam, weights_id
 from .frames import IMAGE_SIZE
-from ..atomic import replaced_atomically
 
 log = logging.getLogger(__name__)
 
