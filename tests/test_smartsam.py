@@ -108,6 +108,23 @@ def test_chain_shows_the_whole_when_the_click_is_on_a_seam(engine):
     assert set(s.timings) == {"sampler", "chains", "intent", "total"}
 
 
+def test_hold_area_keeps_a_sizeable_answer(engine):
+    """The seam case with ``hold_area``: SAM's half covers about 11% of the image, so a
+    share below that holds it against the chain's whole; a share above it changes
+    nothing."""
+    img = _plain(4)
+    obj = (abs(XX - 128) < 70) & (abs(YY - 128) < 50)
+    img[obj], img[obj & (XX < 128)] = (50, 140, 60), (160, 40, 40)
+    held = SmartSamSession(engine, img, SmartSamConfig(hold_area=0.05))
+    held.click(128, 128)
+    sam = int(np.argmax(held.pool.iou[:3]))
+    assert 0.05 < held.candidates[sam].mean() < 0.2
+    assert held.chosen == sam and iou(held.mask, obj) < 0.6
+    free = SmartSamSession(engine, img, SmartSamConfig(hold_area=0.2))
+    free.click(128, 128)
+    assert free.pool.source[free.chosen] == "chain" and iou(free.mask, obj) > 0.95
+
+
 def test_references_of_the_label_decide_part_or_whole(engine, figure):
     """Clicked on a figure's head: pure mode keeps SAM's head; references of whole
     figures (the label's exemplars) choose the whole, references of heads the head."""

@@ -171,3 +171,6 @@ def test_config_rejects_bad_options():
         SmartSamConfig(centre_weight=-0.1)
     with pytest.raises(ValueError, match="sim_weight"):
         SmartSamConfig.from_strings({"sim_weight": "-1"})
+    with pytest.raises(ValueError, match="hold_area"):
+        SmartSamConfig(hold_area=1.5)
+    assert SmartSamConfig.from_strings({"hold_area": "none"}).hold_area is None

@@ -90,6 +90,13 @@ class SmartSamConfig:
             ``reduce``) in the score, relative to the predicted IoU.
         sim_margin: with references, a candidate replaces SAM's own answer only when it
             is at least this much more similar to them.
+        hold_area: SAM's own answer stands whatever the scores when it holds the click
+            and covers more than this share of the image (None: off, the default).  An
+            answer that is already a sizeable object is rarely a part of the one meant:
+            on COCO_MVal-dev the switches that lost 30+ points came from answers of
+            median 3.7% of the image, those that won from answers of 1.5%.  0.08 cuts
+            COCO_MVal-dev's losses by about a third, costs 0.1-1.9 mIoU@1 on DAVIS and
+            GrabCut (README, "First click"), so it is for projects of everyday objects.
     """
 
     n_points: int = 0
@@ -106,6 +113,7 @@ class SmartSamConfig:
     switch_margin: float = 0.0
     sim_weight: float = 0.5
     sim_margin: float = 0.0
+    hold_area: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("n_points", "n_boxes", "n_chains", "chain_steps"):
@@ -113,6 +121,8 @@ class SmartSamConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.max_area <= 1:
             raise ValueError(f"max_area must be in (0, 1], got {self.max_area}")
+        if self.hold_area is not None and not 0 <= self.hold_area <= 1:
+            raise ValueError(f"hold_area must be in [0, 1] or None, got {self.hold_area}")
         for name in ("centre_weight", "sim_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -448,7 +458,8 @@ class SmartSamSession:
 
     def _select(self, row: int, col: int) -> int:
         """Index of the chosen candidate: SAM's own answer (the click's mask with the best
-        predicted IoU; eligible whatever its area when it holds the click) unless an
+        predicted IoU; eligible whatever its area when it holds the click, and chosen
+        outright when it holds it and covers more than ``hold_area``) unless an
         eligible (:meth:`_eligible`) candidate's :meth:`_scores` beats it by more than
         ``switch_margin`` (with references, only a candidate at
         least ``sim_margin`` more similar to them); the best eligible one when SAM's own
@@ -458,6 +469,8 @@ class SmartSamSession:
         own = np.flatnonzero(np.array(self.pool.source) == "click")
         sam = int(own[np.argmax(self.pool.iou[own])])
         ok = self._eligible(masks, row, col, exempt=sam)  # never taken for background
+        if ok[sam] and cfg.hold_area is not None and masks[sam].mean() > cfg.hold_area:
+            return sam
         if not ok.any():  # nothing plausible holds the click: fall back to any non-empty one
             ok = masks.any(axis=(1, 2)) if masks.any() else np.ones(len(self.pool), bool)
         score, sim = self._scores(masks, ok, row, col, sam)
