@@ -92,13 +92,18 @@ def test_a_large_object_is_not_taken_for_background(engine):
     assert s.chosen == sam and iou(s.mask, big) > 0.95
 
 
+def _seam() -> tuple[np.ndarray, np.ndarray]:
+    """A two-tone 140 x 100 object in the middle of a plain image: ``(image, object)``."""
+    img = _plain(4)
+    obj = (abs(XX - 128) < 70) & (abs(YY - 128) < 50)
+    img[obj], img[obj & (XX < 128)] = (50, 140, 60), (160, 40, 40)
+    return img, obj
+
+
 def test_chain_shows_the_whole_when_the_click_is_on_a_seam(engine):
     """A two-tone object clicked at its centre, on the seam: SAM's best mask is one half
     (the click on its rim), a chain's Add click reaches the whole, which is chosen."""
-    img = _plain(4)
-    obj = (abs(XX - 128) < 70) & (abs(YY - 128) < 50)
-    left = obj & (XX < 128)
-    img[obj], img[left] = (50, 140, 60), (160, 40, 40)
+    img, obj = _seam()
     s = SmartSamSession(engine, img)
     s.click(128, 128)
     pool = s.candidates
@@ -112,9 +117,7 @@ def test_hold_area_keeps_a_sizeable_answer(engine):
     """The seam case with ``hold_area``: SAM's half covers about 11% of the image, so a
     share below that holds it against the chain's whole; a share above it changes
     nothing."""
-    img = _plain(4)
-    obj = (abs(XX - 128) < 70) & (abs(YY - 128) < 50)
-    img[obj], img[obj & (XX < 128)] = (50, 140, 60), (160, 40, 40)
+    img, obj = _seam()
     held = SmartSamSession(engine, img, SmartSamConfig(hold_area=0.05))
     held.click(128, 128)
     sam = int(np.argmax(held.pool.iou[:3]))
