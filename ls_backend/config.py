@@ -125,6 +125,15 @@ OPTIONS: tuple[Option, ...] = (
         "SmartSAM candidate selector for first clicks: none, sam or dinov2 (default sam)",
     ),
     Option(
+        "hold_area",
+        "backend",
+        "SMARTSAM_HOLD_AREA",
+        "--hold-area",
+        "SmartSAM keeps SAM's own first-click answer when it holds the click and covers more "
+        "than this share of the image, 0..1 (default unset: off; 0.08 cut COCO_MVal-dev's "
+        "first-click losses, see the README)",
+    ),
+    Option(
         "dinov2_model",
         "backend",
         "DINOV2_MODEL",
@@ -269,8 +278,10 @@ class Settings:
     """Everything the backend needs; ``engine`` holds the SAM engine options.
 
     ``intent`` is SmartSAM's intent for first clicks (``none``, ``sam`` or ``dinov2``; set
-    by ``SMARTSAM_SELECTOR`` / ``--selector``); ``depth_model`` enables PromptMoE's depth
-    expert.  Construct it with typed values, or from strings with :func:`load_settings`.
+    by ``SMARTSAM_SELECTOR`` / ``--selector``) and ``hold_area`` its
+    :attr:`~promptmoe_plugin.smartsam.SmartSamConfig.hold_area`; ``depth_model`` enables
+    PromptMoE's depth expert.  Construct it with typed values, or from strings with
+    :func:`load_settings`.
     """
 
     label_studio_url: str | None = None
@@ -280,6 +291,7 @@ class Settings:
     basic_auth_pass: str | None = None
     refine_variant: str = "full"
     intent: str = "sam"
+    hold_area: float | None = None
     dinov2_model: str | None = None
     depth_model: str | None = None
     max_references: int = 8
@@ -312,6 +324,8 @@ class Settings:
             )
         if not 0 <= self.embed_delay <= 60:
             raise ValueError(f"EMBED_DELAY must be in 0..60 seconds, got {self.embed_delay}")
+        if self.hold_area is not None and not 0 <= self.hold_area <= 1:
+            raise ValueError(f"SMARTSAM_HOLD_AREA must be in 0..1, got {self.hold_area}")
         if self.job_workers < 1:
             raise ValueError(f"JOB_WORKERS must be >= 1, got {self.job_workers}")
         if self.train_epochs < 1:
@@ -339,6 +353,7 @@ def _hosts(raw: str) -> tuple[str, ...]:
 _PARSERS: dict[Any, Callable[[str], Any]] = {
     int: int,
     float: float,
+    float | None: float,
     Path: _path,
     Path | None: _path,
     tuple[str, ...]: _hosts,

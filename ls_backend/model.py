@@ -40,7 +40,7 @@ from promptmoe_plugin.corrections import CorrectionConfig
 from promptmoe_plugin.experts.depth import DepthEstimator
 from promptmoe_plugin.refine import VARIANTS, refine
 from promptmoe_plugin.sam import SamEngine
-from promptmoe_plugin.smartsam import SmartSamSession
+from promptmoe_plugin.smartsam import SmartSamConfig, SmartSamSession
 from promptmoe_plugin.smartsam.intent import make_intent
 from promptmoe_plugin.zoom import Box as Crop
 from promptmoe_plugin.zoom import crop_image
@@ -156,6 +156,7 @@ class PromptMoEModel:
         self.fetcher = ImageFetcher(settings)
         self.store = ReferenceStore(settings.model_dir)
         self.intent = make_intent(settings.intent, engine, settings.dinov2_model)
+        self.smartsam_config = SmartSamConfig(hold_area=settings.hold_area)
         self.depth = DepthEstimator(settings.depth_model) if settings.depth_model else None
         self.references = learning.ReferenceFeatures(self.intent, self.store, self.fetcher)
         self.tracks = ClickTracks()
@@ -226,7 +227,7 @@ class PromptMoEModel:
             router=self.router,
             depth=self.depth,
         )
-        SmartSamSession(self.engine, image, intent=self.intent).click(48, 32)
+        SmartSamSession(self.engine, image, self.smartsam_config, intent=self.intent).click(48, 32)
         # The reference features' shape is measured on an image of its own: do it now, not
         # on the first click that has references (an extra SAM encode, ~2 s on a CPU).
         self.references.shape()
@@ -408,7 +409,11 @@ class PromptMoEModel:
             # A first click prefers objects like the label's references.
             features = self.references.of_label(project, label, self.settings.max_references)
             return SmartSamSession(
-                self.engine, image, intent=self.intent, reference_features=features
+                self.engine,
+                image,
+                self.smartsam_config,
+                intent=self.intent,
+                reference_features=features,
             )
 
         sessions = self.tracks.apply(self.engine, image, project, label, tuple(clicks), new_session)

@@ -35,6 +35,18 @@ def blocky_draft(mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def seam_image() -> tuple[np.ndarray, np.ndarray]:
+    """A two-tone 140 x 100 object in the middle of a plain, slightly noisy 256 x 256
+    image: ``(image (H, W, 3) uint8, object (H, W) bool)``.  Clicked at its centre, on
+    the seam, SAM's best mask is one half; SmartSAM's chains reach the whole."""
+    rng = np.random.default_rng(4)
+    img = (200 + rng.integers(0, 10, (256, 256, 3))).astype(np.uint8)
+    yy, xx = np.mgrid[:256, :256]
+    obj = (abs(xx - 128) < 70) & (abs(yy - 128) < 50)
+    img[obj], img[obj & (xx < 128)] = (50, 140, 60), (160, 40, 40)
+    return img, obj
+
+
 def keypoint(
     x: float, y: float, label: str, positive: bool = True, h: int = 375, w: int = 500
 ) -> dict:

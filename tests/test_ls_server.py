@@ -12,6 +12,7 @@ from PIL import Image
 from conftest import LS_CONFIG as CONFIG
 from conftest import blocky_draft as _coarse
 from conftest import keypoint as _kp
+from conftest import seam_image
 from ls_backend.config import load_settings
 from ls_backend.model import PromptMoEModel
 from ls_backend.results import brush_masks, brush_result
@@ -416,6 +417,22 @@ def test_click_tracks_continue_and_stay_within_their_byte_bound(engine):
     # object; a negative click before any object does nothing.
     assert len(apply(tracks, "C", (first, second, Click(30, 30, True)))) == 2
     assert apply(tracks, "D", (Click(5, 5, False),)) == []
+
+
+def test_hold_area_setting_keeps_sams_first_click_answer(engine, tmp_path):
+    """``SMARTSAM_HOLD_AREA`` reaches the editor's clicks: on the seam image SAM's half
+    (about 11% of the image) stands with 0.05, the chains' whole comes back without it."""
+    image, obj = seam_image()
+    Image.fromarray(image).save(tmp_path / "seam.png")
+    task = {"id": 1, "data": {"image": "/data/local-files/?d=seam.png"}}
+    ctx = {"result": [_kp(128, 128, "Person", h=256, w=256)]}
+    env = {"MODEL_DIR": str(tmp_path / "m"), "LOCAL_FILES_DOCUMENT_ROOT": str(tmp_path)}
+    answers = {}
+    for hold in ("0.05", ""):
+        model = PromptMoEModel(engine, load_settings({**env, "SMARTSAM_HOLD_AREA": hold}))
+        (pred,) = _predict(create_app(model).test_client(), [task], ctx).json["results"]
+        ((_, answers[hold]),) = _masks(pred)
+    assert iou(answers["0.05"], obj) < 0.6 and iou(answers[""], obj) > 0.95
 
 
 def test_intent_and_depth_model_come_from_the_settings(engine, tmp_path, monkeypatch):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import data_dir
+from conftest import data_dir, seam_image
 
 from promptmoe_plugin.masks import mask_iou
 from promptmoe_plugin.sam.frames import mask_to_lowres
@@ -92,18 +92,10 @@ def test_a_large_object_is_not_taken_for_background(engine):
     assert s.chosen == sam and iou(s.mask, big) > 0.95
 
 
-def _seam() -> tuple[np.ndarray, np.ndarray]:
-    """A two-tone 140 x 100 object in the middle of a plain image: ``(image, object)``."""
-    img = _plain(4)
-    obj = (abs(XX - 128) < 70) & (abs(YY - 128) < 50)
-    img[obj], img[obj & (XX < 128)] = (50, 140, 60), (160, 40, 40)
-    return img, obj
-
-
 def test_chain_shows_the_whole_when_the_click_is_on_a_seam(engine):
     """A two-tone object clicked at its centre, on the seam: SAM's best mask is one half
     (the click on its rim), a chain's Add click reaches the whole, which is chosen."""
-    img, obj = _seam()
+    img, obj = seam_image()
     s = SmartSamSession(engine, img)
     s.click(128, 128)
     pool = s.candidates
@@ -117,7 +109,7 @@ def test_hold_area_keeps_a_sizeable_answer(engine):
     """The seam case with ``hold_area``: SAM's half covers about 11% of the image, so a
     share below that holds it against the chain's whole; a share above it changes
     nothing."""
-    img, obj = _seam()
+    img, obj = seam_image()
     held = SmartSamSession(engine, img, SmartSamConfig(hold_area=0.05))
     held.click(128, 128)
     sam = int(np.argmax(held.pool.iou[:3]))
