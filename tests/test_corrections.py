@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import clicks_on as _clicks_on
+from conftest import data_dir
 from promptmoe_plugin.corrections import (
     PLAIN,
     CorrectionConfig,
@@ -16,6 +17,7 @@ from promptmoe_plugin.corrections import (
     correct_click,
     correction_zone,
     local_edit,
+    paint_click,
 )
 from promptmoe_plugin.sam import Prompt
 from promptmoe_plugin.sam.frames import LOW_RES
@@ -85,7 +87,7 @@ def test_negative_click_near_the_edge_does_not_empty_a_good_mask():
     clicks = _xy((120, 120), (170, 120))  # positive in the middle, negative near the edge
     labels = np.array([1, 0])
     pool = np.stack([_logits(np.zeros(SHAPE, bool)), _logits(trimmed)])
-    best, zone, clean, small = choose(
+    best, zone, clean, small, _ = choose(
         pool, np.array([0.95, 0.90]), clicks, labels, _logits(good), 0.9, SHAPE, CorrectionConfig()
     )
     assert (best, zone, clean, small) == (1, None, False, True)
@@ -133,11 +135,11 @@ def test_an_answer_sam_scores_lower_must_keep_more_of_the_mask():
     labels = np.array([1, 0])
     config = CorrectionConfig()
     pool = np.stack([_logits(cut)])
-    best, zone, clean, small = choose(
+    best, zone, clean, small, _ = choose(
         pool, np.array([0.9]), clicks, labels, _logits(good), 0.9, SHAPE, config
     )
     assert (best, zone, clean, small) == (0, None, True, True)
-    best, zone, clean, small = choose(
+    best, zone, clean, small, _ = choose(
         pool, np.array([0.7]), clicks, labels, _logits(good), 0.9, SHAPE, config
     )
     assert (best, clean, small) == (0, False, True) and zone is not None
@@ -146,6 +148,56 @@ def test_an_answer_sam_scores_lower_must_keep_more_of_the_mask():
     # The rule off: the lower-scored answer passes as before.
     off = CorrectionConfig(guard_fall=None)
     assert choose(pool, np.array([0.7]), clicks, labels, _logits(good), 0.9, SHAPE, off).passed
+
+
+def test_a_click_no_candidate_follows_is_painted_on_the_previous_mask():
+    """A negative click 3 px inside a good mask's edge that SAM's answer still covers (and
+    that answer is shifted: wrong elsewhere too): the click is painted on the previous
+    mask, a bite from the edge to just past the click, the rest kept.  A positive click
+    just outside the edge that the answer leaves out gets a bump the same way."""
+    good = _disk(128, 128, 60)
+    shifted = _disk(100, 128, 90)  # holds the click, IoU < 0.5 with the mask
+    clicks, labels = _xy((128, 128), (185, 128)), np.array([1, 0])
+    pool = np.stack([_logits(shifted)])
+    config = CorrectionConfig()
+    choice = choose(pool, np.array([0.9]), clicks, labels, _logits(good), 0.9, SHAPE, config)
+    assert choice.painted and choice.small and not choice.passed
+    painted = paint_click(_logits(good), choice.zone, positive=False) > 0
+    assert not painted[128, 185] and not painted[128, 187]  # the click and the edge cut
+    assert painted[128, 180] and painted[128, 72] and (painted != good).sum() < 64  # r 4.5
+    # The old behaviour: plain SAM's answer whole.
+    old = CorrectionConfig(unfollowed="answer")
+    choice = choose(pool, np.array([0.9]), clicks, labels, _logits(good), 0.9, SHAPE, old)
+    assert (choice.index, choice.zone, choice.painted) == (0, None, False)
+    # A positive click 3 px outside, left out by a smaller answer.
+    clicks, labels = _xy((128, 128), (191, 128)), np.array([1, 1])
+    pool = np.stack([_logits(_disk(128, 128, 40))])
+    choice = choose(pool, np.array([0.9]), clicks, labels, _logits(good), 0.9, SHAPE, config)
+    assert choice.painted
+    painted = paint_click(_logits(good), choice.zone, positive=True) > 0
+    assert painted[128, 191] and (painted & good).sum() == good.sum()
+    assert not painted[128, 198] and (painted != good).sum() < 96  # radius 5.5
+
+
+def test_grabcut_teddy_keeps_its_mask_at_an_unfollowed_click(engine):
+    """GrabCut's teddy: SmartSAM's first mask is near 0.96; SAM's answer to the protocol's
+    second click (a positive click at the rim that no answer includes) fell to 0.26.
+    Painted, the mask stays near 0.96; the old behaviour still drops."""
+    from promptmoe_plugin.eval.clicker import simulate
+    from promptmoe_plugin.eval.datasets import load_dataset
+    from promptmoe_plugin.smartsam import SmartSamSession
+
+    (teddy,) = [s for s in load_dataset(data_dir("GrabCut")) if s.name == "teddy"]
+    image, gt, ignore = teddy.load()
+    def run(unfollowed: str):
+        config = CorrectionConfig(unfollowed=unfollowed)
+        return simulate(
+            lambda: SmartSamSession(engine, image, corrections=config), gt, ignore, max_clicks=2
+        )
+
+    paint, answer = run("paint"), run("answer")
+    assert paint.corrections[1]["source"] == "previous+paint"
+    assert min(paint.ious) > 0.95 and answer.ious[0] > 0.95 and answer.ious[1] < 0.5
 
 
 def test_a_deep_click_is_no_small_correction():
@@ -161,9 +213,12 @@ def test_config_validation_and_strings():
     assert CorrectionConfig.from_strings({"guard": "false", "recency": "0.8"}) == (
         CorrectionConfig(guard=False, recency=0.8)
     )
+    assert CorrectionConfig.from_strings({"unfollowed": "answer"}).unfollowed == "answer"
     for bad in ({"fresh": "sometimes"}, {"recency": "0"}, {"guard_keep": "1.5"}, {"x": "1"}):
         with pytest.raises(ValueError):
             CorrectionConfig.from_strings(bad)
+    with pytest.raises(ValueError, match="unfollowed must be one of paint, answer"):
+        CorrectionConfig(unfollowed="brush")
 
 
 # ------------------------------------------------------------------ the real MobileSAM
