@@ -179,16 +179,26 @@ def test_a_click_no_candidate_follows_is_painted_on_the_previous_mask():
     assert not painted[128, 198] and (painted != good).sum() < 96  # radius 5.5
 
 
-def test_grabcut_teddy_keeps_its_mask_at_an_unfollowed_click(engine):
+def test_grabcut_teddy_keeps_its_mask_at_an_unfollowed_click(engine, tmp_path):
     """GrabCut's teddy: SmartSAM's first mask is near 0.96; SAM's answer to the protocol's
     second click (a positive click at the rim that no answer includes) fell to 0.26.
-    Painted, the mask stays near 0.96; the old behaviour still drops."""
+    Painted, the mask stays near 0.96, also in the backend's click track; the old
+    behaviour still drops."""
+    from PIL import Image
+
+    from conftest import LS_CONFIG, keypoint
+    from ls_backend.config import load_settings
+    from ls_backend.model import PromptMoEModel
+    from ls_backend.results import brush_masks
+    from ls_backend.server import create_app
     from promptmoe_plugin.eval.clicker import simulate
     from promptmoe_plugin.eval.datasets import load_dataset
+    from promptmoe_plugin.eval.metrics import iou
     from promptmoe_plugin.smartsam import SmartSamSession
 
     (teddy,) = [s for s in load_dataset(data_dir("GrabCut")) if s.name == "teddy"]
     image, gt, ignore = teddy.load()
+
     def run(unfollowed: str):
         config = CorrectionConfig(unfollowed=unfollowed)
         return simulate(
@@ -198,6 +208,23 @@ def test_grabcut_teddy_keeps_its_mask_at_an_unfollowed_click(engine):
     paint, answer = run("paint"), run("answer")
     assert paint.corrections[1]["source"] == "previous+paint"
     assert min(paint.ious) > 0.95 and answer.ious[0] > 0.95 and answer.ious[1] < 0.5
+
+    h, w = gt.shape
+    Image.fromarray(image).save(tmp_path / "teddy.png")
+    settings = load_settings({}, {"model_dir": str(tmp_path), "local_files_root": str(tmp_path)})
+    client = create_app(PromptMoEModel(engine, settings)).test_client()
+    result = [keypoint(c.x, c.y, "Person", c.positive, h, w) for c in paint.clicks]
+    for n in (1, 2):  # Label Studio sends all clicks so far with each new click
+        body = {
+            "tasks": [{"id": 1, "data": {"image": "/data/local-files/?d=teddy.png"}}],
+            "project": "1.1700000000",
+            "label_config": LS_CONFIG,
+            "params": {"context": {"result": result[:n]}},
+        }
+        response = client.post("/predict", json=body)
+        assert response.status_code == 200, response.json
+    ((_, mask),) = brush_masks(response.json["results"][0]["result"])
+    assert iou(mask, gt, ignore) > 0.95
 
 
 def test_a_deep_click_is_no_small_correction():
