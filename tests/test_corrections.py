@@ -179,54 +179,6 @@ def test_a_click_no_candidate_follows_is_painted_on_the_previous_mask():
     assert not painted[128, 198] and (painted != good).sum() < 96  # radius 5.5
 
 
-def test_grabcut_teddy_keeps_its_mask_at_an_unfollowed_click(engine, tmp_path):
-    """GrabCut's teddy: SmartSAM's first mask is near 0.96; SAM's answer to the protocol's
-    second click (a positive click at the rim that no answer includes) fell to 0.26.
-    Painted, the mask stays near 0.96, also in the backend's click track; the old
-    behaviour still drops."""
-    from PIL import Image
-
-    from conftest import LS_CONFIG, keypoint
-    from ls_backend.config import load_settings
-    from ls_backend.model import PromptMoEModel
-    from ls_backend.results import brush_masks
-    from ls_backend.server import create_app
-    from promptmoe_plugin.eval.clicker import simulate
-    from promptmoe_plugin.eval.datasets import load_dataset
-    from promptmoe_plugin.eval.metrics import iou
-    from promptmoe_plugin.smartsam import SmartSamSession
-
-    (teddy,) = [s for s in load_dataset(data_dir("GrabCut")) if s.name == "teddy"]
-    image, gt, ignore = teddy.load()
-
-    def run(unfollowed: str):
-        config = CorrectionConfig(unfollowed=unfollowed)
-        return simulate(
-            lambda: SmartSamSession(engine, image, corrections=config), gt, ignore, max_clicks=2
-        )
-
-    paint, answer = run("paint"), run("answer")
-    assert paint.corrections[1]["source"] == "previous+paint"
-    assert min(paint.ious) > 0.95 and answer.ious[0] > 0.95 and answer.ious[1] < 0.5
-
-    h, w = gt.shape
-    Image.fromarray(image).save(tmp_path / "teddy.png")
-    settings = load_settings({}, {"model_dir": str(tmp_path), "local_files_root": str(tmp_path)})
-    client = create_app(PromptMoEModel(engine, settings)).test_client()
-    result = [keypoint(c.x, c.y, "Person", c.positive, h, w) for c in paint.clicks]
-    for n in (1, 2):  # Label Studio sends all clicks so far with each new click
-        body = {
-            "tasks": [{"id": 1, "data": {"image": "/data/local-files/?d=teddy.png"}}],
-            "project": "1.1700000000",
-            "label_config": LS_CONFIG,
-            "params": {"context": {"result": result[:n]}},
-        }
-        response = client.post("/predict", json=body)
-        assert response.status_code == 200, response.json
-    ((_, mask),) = brush_masks(response.json["results"][0]["result"])
-    assert iou(mask, gt, ignore) > 0.95
-
-
 def test_a_deep_click_is_no_small_correction():
     mask = _disk(128, 128, 60)
     config = CorrectionConfig()
@@ -249,6 +201,37 @@ def test_config_validation_and_strings():
 
 
 # ------------------------------------------------------------------ the real MobileSAM
+def _backend_mask(engine, image: np.ndarray, clicks: list[tuple[float, float, bool]], tmp_path):
+    """``(model, (label, mask))`` the backend's ``/predict`` returns for ``clicks``
+    (``(x, y, positive)`` image pixels, label Person) sent one more at a time as the
+    editor does, ``image`` served as a local file from ``tmp_path``."""
+    from PIL import Image
+
+    from conftest import LS_CONFIG, keypoint
+    from ls_backend.config import load_settings
+    from ls_backend.model import PromptMoEModel
+    from ls_backend.results import brush_masks
+    from ls_backend.server import create_app
+
+    h, w = image.shape[:2]
+    Image.fromarray(image).save(tmp_path / "image.png")
+    settings = load_settings({}, {"model_dir": str(tmp_path), "local_files_root": str(tmp_path)})
+    model = PromptMoEModel(engine, settings)
+    result = [keypoint(x, y, "Person", positive, h, w) for x, y, positive in clicks]
+    client = create_app(model).test_client()
+    for n in range(1, len(clicks) + 1):  # Label Studio sends all clicks so far each time
+        body = {
+            "tasks": [{"id": 1, "data": {"image": "/data/local-files/?d=image.png"}}],
+            "project": "1.1700000000",
+            "label_config": LS_CONFIG,
+            "params": {"context": {"result": result[:n]}},
+        }
+        response = client.post("/predict", json=body)
+        assert response.status_code == 200, response.json
+    (region,) = brush_masks(response.json["results"][0]["result"])
+    return model, region
+
+
 def test_later_clicks_are_deterministic_and_plain_config_is_plain_sam(engine, voc):
     from promptmoe_plugin.clicks import SamClickSession
 
@@ -281,34 +264,12 @@ def test_backend_click_track_returns_the_guarded_mask(engine, voc, tmp_path):
     """A positive then a negative click on the VOC photo's right person: plain SAM's
     second mask loses half of the person (IoU 0.51); the backend's click track returns the
     guarded one, as a SmartSAM session with default corrections gives it."""
-    from PIL import Image
-
-    from conftest import LS_CONFIG, keypoint
-    from ls_backend.config import load_settings
-    from ls_backend.model import PromptMoEModel
-    from ls_backend.results import brush_masks
-    from ls_backend.server import create_app
     from promptmoe_plugin.eval.metrics import iou
     from promptmoe_plugin.smartsam import SmartSamSession
 
     image, gt = voc["rgb"], voc["masks"][17].astype(bool)
-    h, w = gt.shape
-    Image.fromarray(image).save(tmp_path / "voc.png")
-    settings = load_settings({}, {"model_dir": str(tmp_path), "local_files_root": str(tmp_path)})
-    model = PromptMoEModel(engine, settings)
     clicks = [(444, 169, True), (420, 93, False)]
-    result = [keypoint(x, y, "Person", positive, h, w) for x, y, positive in clicks]
-    client = create_app(model).test_client()
-    for n in (1, 2):  # Label Studio sends all clicks so far with each new click
-        body = {
-            "tasks": [{"id": 1, "data": {"image": "/data/local-files/?d=voc.png"}}],
-            "project": "1.1700000000",
-            "label_config": LS_CONFIG,
-            "params": {"context": {"result": result[:n]}},
-        }
-        response = client.post("/predict", json=body)
-        assert response.status_code == 200, response.json
-    ((label, mask),) = brush_masks(response.json["results"][0]["result"])
+    model, (label, mask) = _backend_mask(engine, image, clicks, tmp_path)
 
     sessions = {}
     for name, corrections in (("guarded", CorrectionConfig()), ("plain", None)):
@@ -318,6 +279,34 @@ def test_backend_click_track_returns_the_guarded_mask(engine, voc, tmp_path):
     assert label == "Person"
     assert iou(sessions["plain"], gt) < 0.6 < 0.8 < iou(sessions["guarded"], gt)
     assert iou(mask, sessions["guarded"]) > 0.99 and iou(mask, gt) > 0.8
+
+
+def test_grabcut_teddy_keeps_its_mask_at_an_unfollowed_click(engine, tmp_path):
+    """GrabCut's teddy: SmartSAM's first mask is near 0.96; SAM's answer to the protocol's
+    second click (a positive click at the rim that no answer includes) fell to 0.26.
+    Painted, the mask stays near 0.96, also in the backend's click track; the old
+    behaviour still drops."""
+    from promptmoe_plugin.eval.clicker import simulate
+    from promptmoe_plugin.eval.datasets import load_dataset
+    from promptmoe_plugin.eval.metrics import iou
+    from promptmoe_plugin.smartsam import SmartSamSession
+
+    (teddy,) = [s for s in load_dataset(data_dir("GrabCut")) if s.name == "teddy"]
+    image, gt, ignore = teddy.load()
+
+    def run(unfollowed: str):
+        config = CorrectionConfig(unfollowed=unfollowed)
+        return simulate(
+            lambda: SmartSamSession(engine, image, corrections=config), gt, ignore, max_clicks=2
+        )
+
+    paint, answer = run("paint"), run("answer")
+    assert paint.corrections[1]["source"] == "previous+paint"
+    assert min(paint.ious) > 0.95 and answer.ious[0] > 0.95 and answer.ious[1] < 0.5
+
+    clicks = [(c.x, c.y, c.positive) for c in paint.clicks]
+    _, (_, mask) = _backend_mask(engine, image, clicks, tmp_path)
+    assert iou(mask, gt, ignore) > 0.95
 
 
 def test_backend_box_then_clicks_continue_the_box_object(engine, voc, tmp_path):
