@@ -408,13 +408,14 @@ def choose(
     score[0] += config.single_bonus
     ok = np.ones(len(score), bool)
     zone = None
+    positive = bool(labels[-1] == 1)
     if config.guard:
         prev_mask = crop_lowres(previous, shape) > 0
         rc = (
             min(shape[0] - 1, max(0, int(xy[-1, 1]))),
             min(shape[1] - 1, max(0, int(xy[-1, 0]))),
         )
-        zone = correction_zone(prev_mask, rc, bool(labels[-1] == 1), config)
+        zone = correction_zone(prev_mask, rc, positive, config)
         if zone is not None:
             held = np.ones(len(score), bool)
             if config.guard_clicks:
@@ -429,11 +430,11 @@ def choose(
     small = zone is not None
     if ok.any():
         return Choice(int(np.flatnonzero(ok)[np.argmax(score[ok])]), None, bool(ok[0]), small)
-    newest = inside[:, -1] == (labels[-1] == 1)
+    newest = inside[:, -1] == positive
     if not newest.any():  # no candidate follows the click
         if small and config.unfollowed == "paint":
-            positive = bool(labels[-1] == 1)
-            depth = click_depth(crop_lowres(previous, shape) > 0, rc, positive)
+            # small: the guard ran, so prev_mask and rc are the click's
+            depth = click_depth(prev_mask, rc, positive)
             return Choice(0, _disk(shape, rc, depth + 1.5), False, small, painted=True)
         return Choice(0, None, False, small)
     return Choice(int(np.flatnonzero(newest)[np.argmax(score[newest])]), zone, False, small)
