@@ -16,6 +16,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_type_hints
 
+from promptmoe_plugin.smartsam import SmartSamConfig
+
 from .rle import MAX_PIXELS
 
 if TYPE_CHECKING:
@@ -129,9 +131,16 @@ OPTIONS: tuple[Option, ...] = (
         "backend",
         "SMARTSAM_HOLD_AREA",
         "--hold-area",
-        "SmartSAM keeps SAM's own first-click answer when it holds the click and covers more "
-        "than this share of the image, 0..1 (default unset: off; 0.08 cut COCO_MVal-dev's "
-        "first-click losses, see the README)",
+        "for a label without exemplars, SmartSAM keeps SAM's own first-click answer when it "
+        "holds the click and covers more than this share of the image, 0..1 or none (off) "
+        f"(default {SmartSamConfig.hold_area})",
+    ),
+    Option(
+        "hold_area_references",
+        "backend",
+        "SMARTSAM_HOLD_AREA_REFERENCES",
+        "--hold-area-references",
+        "the same hold for a label with exemplars, 0..1 or none (default none: off)",
     ),
     Option(
         "dinov2_model",
@@ -278,8 +287,9 @@ class Settings:
     """Everything the backend needs; ``engine`` holds the SAM engine options.
 
     ``intent`` is SmartSAM's intent for first clicks (``none``, ``sam`` or ``dinov2``; set
-    by ``SMARTSAM_SELECTOR`` / ``--selector``) and ``hold_area`` its
-    :attr:`~promptmoe_plugin.smartsam.SmartSamConfig.hold_area`; ``depth_model`` enables
+    by ``SMARTSAM_SELECTOR`` / ``--selector``); ``hold_area`` and
+    ``hold_area_references`` are the fields of the same names of
+    :class:`~promptmoe_plugin.smartsam.SmartSamConfig` (same defaults); ``depth_model`` enables
     PromptMoE's depth expert.  Construct it with typed values, or from strings with
     :func:`load_settings`.
     """
@@ -291,7 +301,8 @@ class Settings:
     basic_auth_pass: str | None = None
     refine_variant: str = "full"
     intent: str = "sam"
-    hold_area: float | None = None
+    hold_area: float | None = SmartSamConfig.hold_area
+    hold_area_references: float | None = SmartSamConfig.hold_area_references
     dinov2_model: str | None = None
     depth_model: str | None = None
     max_references: int = 8
@@ -324,8 +335,12 @@ class Settings:
             )
         if not 0 <= self.embed_delay <= 60:
             raise ValueError(f"EMBED_DELAY must be in 0..60 seconds, got {self.embed_delay}")
-        if self.hold_area is not None and not 0 <= self.hold_area <= 1:
-            raise ValueError(f"SMARTSAM_HOLD_AREA must be in 0..1, got {self.hold_area}")
+        for name, value in (
+            ("SMARTSAM_HOLD_AREA", self.hold_area),
+            ("SMARTSAM_HOLD_AREA_REFERENCES", self.hold_area_references),
+        ):
+            if value is not None and not 0 <= value <= 1:
+                raise ValueError(f"{name} must be in 0..1 or none, got {value}")
         if self.job_workers < 1:
             raise ValueError(f"JOB_WORKERS must be >= 1, got {self.job_workers}")
         if self.train_epochs < 1:
@@ -344,6 +359,11 @@ def _path(raw: str) -> Path:
     return Path(raw).expanduser()
 
 
+def _optional_float(raw: str) -> float | None:
+    """A number, or None for ``none`` / ``off`` (any case)."""
+    return None if raw.strip().lower() in ("none", "off") else float(raw)
+
+
 def _hosts(raw: str) -> tuple[str, ...]:
     return tuple(h.strip().lower() for h in raw.split(",") if h.strip())
 
@@ -353,7 +373,7 @@ def _hosts(raw: str) -> tuple[str, ...]:
 _PARSERS: dict[Any, Callable[[str], Any]] = {
     int: int,
     float: float,
-    float | None: float,
+    float | None: _optional_float,
     Path: _path,
     Path | None: _path,
     tuple[str, ...]: _hosts,

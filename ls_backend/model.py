@@ -156,7 +156,9 @@ class PromptMoEModel:
         self.fetcher = ImageFetcher(settings)
         self.store = ReferenceStore(settings.model_dir)
         self.intent = make_intent(settings.intent, engine, settings.dinov2_model)
-        self.smartsam_config = SmartSamConfig(hold_area=settings.hold_area)
+        self.smartsam_config = SmartSamConfig(
+            hold_area=settings.hold_area, hold_area_references=settings.hold_area_references
+        )
         self.depth = DepthEstimator(settings.depth_model) if settings.depth_model else None
         self.references = learning.ReferenceFeatures(self.intent, self.store, self.fetcher)
         self.tracks = ClickTracks()

@@ -421,18 +421,19 @@ def test_click_tracks_continue_and_stay_within_their_byte_bound(engine):
 
 def test_hold_area_setting_keeps_sams_first_click_answer(engine, tmp_path):
     """``SMARTSAM_HOLD_AREA`` reaches the editor's clicks: on the seam image SAM's half
-    (about 11% of the image) stands with 0.05, the chains' whole comes back without it."""
+    (about 11% of the image) stands with the default (0.08), the chains' whole comes back
+    with ``none``."""
     image, obj = seam_image()
     Image.fromarray(image).save(tmp_path / "seam.png")
     task = {"id": 1, "data": {"image": "/data/local-files/?d=seam.png"}}
     ctx = {"result": [_kp(128, 128, "Person", h=256, w=256)]}
     env = {"MODEL_DIR": str(tmp_path / "m"), "LOCAL_FILES_DOCUMENT_ROOT": str(tmp_path)}
     answers = {}
-    for hold in ("0.05", ""):
+    for hold in ("", "none"):
         model = PromptMoEModel(engine, load_settings({**env, "SMARTSAM_HOLD_AREA": hold}))
         (pred,) = _predict(create_app(model).test_client(), [task], ctx).json["results"]
         ((_, answers[hold]),) = _masks(pred)
-    assert iou(answers["0.05"], obj) < 0.6 and iou(answers[""], obj) > 0.95
+    assert iou(answers[""], obj) < 0.6 and iou(answers["none"], obj) > 0.95
 
 
 def test_intent_and_depth_model_come_from_the_settings(engine, tmp_path, monkeypatch):

@@ -39,20 +39,24 @@ def test_settings_from_env_parse_and_validate(tmp_path):
             "SMARTSAM_SELECTOR": "dinov2",
             "PROMPTMOE_DEPTH_MODEL": "depth-model",
             "MASK_DATA_KEY": "",
-            "SMARTSAM_HOLD_AREA": "0.08",
+            "SMARTSAM_HOLD_AREA": "None",
+            "SMARTSAM_HOLD_AREA_REFERENCES": "0.1",
         }
     )
     assert s.model_dir == tmp_path and s.max_references == 3 and s.allowed_hosts == ("a", "b")
     assert s.label_studio_url == "http://h:8080" and s.image_timeout == 2.5
     assert s.intent == "dinov2" and s.depth_model == "depth-model" and s.mask_data_key == "mask"
     assert s.engine == EngineSettings(cache_mb=64.0) and s.local_files_root is None
-    assert s.hold_area == 0.08 and Settings().hold_area is None
+    assert s.hold_area is None and s.hold_area_references == 0.1
+    assert Settings().hold_area == 0.08 and Settings().hold_area_references is None
     with pytest.raises(ValueError, match="BASIC_AUTH_PASS"):
         load_settings({"BASIC_AUTH_USER": "u"})
     with pytest.raises(ValueError, match="MAX_REFERENCES must be >= 0"):
         load_settings({"MAX_REFERENCES": "-1"})
-    with pytest.raises(ValueError, match=r"SMARTSAM_HOLD_AREA must be in 0\.\.1, got 1.5"):
+    with pytest.raises(ValueError, match=r"SMARTSAM_HOLD_AREA must be in 0\.\.1 or none, got 1.5"):
         load_settings({"SMARTSAM_HOLD_AREA": "1.5"})
+    with pytest.raises(ValueError, match=r"SMARTSAM_HOLD_AREA_REFERENCES must be in 0\.\.1"):
+        load_settings({"SMARTSAM_HOLD_AREA_REFERENCES": "-0.1"})
 
 
 def test_overrides_win_over_the_environment(monkeypatch):

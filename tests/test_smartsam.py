@@ -94,9 +94,11 @@ def test_a_large_object_is_not_taken_for_background(engine):
 
 def test_chain_shows_the_whole_when_the_click_is_on_a_seam(engine):
     """A two-tone object clicked at its centre, on the seam: SAM's best mask is one half
-    (the click on its rim), a chain's Add click reaches the whole, which is chosen."""
+    (the click on its rim), a chain's Add click reaches the whole, which is chosen when
+    nothing holds SAM's answer (the half covers 11% of the image, more than the default
+    ``hold_area``: see the next test)."""
     img, obj = seam_image()
-    s = SmartSamSession(engine, img)
+    s = SmartSamSession(engine, img, SmartSamConfig(hold_area=None))
     s.click(128, 128)
     pool = s.candidates
     sam = int(np.argmax(s.pool.iou[:3]))
@@ -106,18 +108,27 @@ def test_chain_shows_the_whole_when_the_click_is_on_a_seam(engine):
 
 
 def test_hold_area_keeps_a_sizeable_answer(engine):
-    """The seam case with ``hold_area``: SAM's half covers about 11% of the image, so a
-    share below that holds it against the chain's whole; a share above it changes
-    nothing."""
+    """The seam case with the hold: SAM's half covers about 11% of the image, so the
+    default share (8%) holds it against the chain's whole when no references speak for a
+    switch; a share above it changes nothing.  With references of the whole (a label's
+    exemplars) the hold is off by default and the whole is chosen."""
     img, obj = seam_image()
-    held = SmartSamSession(engine, img, SmartSamConfig(hold_area=0.05))
+    held = SmartSamSession(engine, img)
     held.click(128, 128)
     sam = int(np.argmax(held.pool.iou[:3]))
-    assert 0.05 < held.candidates[sam].mean() < 0.2
+    assert held.config.hold_area < held.candidates[sam].mean() < 0.2
     assert held.chosen == sam and iou(held.mask, obj) < 0.6
     free = SmartSamSession(engine, img, SmartSamConfig(hold_area=0.2))
     free.click(128, 128)
     assert free.pool.source[free.chosen] == "chain" and iou(free.mask, obj) > 0.95
+    intent = make_intent("sam", engine)
+    ref_img, ref_obj = seam_image()
+    whole = [(ref_img[::-1].copy(), ref_obj[::-1].copy())]  # another photo of such objects
+    ref = SmartSamSession(engine, img, intent=intent, references=whole)
+    assert ref.has_references and iou(ref.click(128, 128), obj) > 0.95
+    strict = SmartSamConfig(hold_area_references=0.08)
+    ref_held = SmartSamSession(engine, img, strict, intent=intent, references=whole)
+    assert iou(ref_held.click(128, 128), obj) < 0.6
 
 
 def test_references_of_the_label_decide_part_or_whole(engine, figure):

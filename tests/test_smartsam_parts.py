@@ -173,4 +173,6 @@ def test_config_rejects_bad_options():
         SmartSamConfig.from_strings({"sim_weight": "-1"})
     with pytest.raises(ValueError, match="hold_area"):
         SmartSamConfig(hold_area=1.5)
+    with pytest.raises(ValueError, match="hold_area_references"):
+        SmartSamConfig(hold_area_references=-0.5)
     assert SmartSamConfig.from_strings({"hold_area": "none"}).hold_area is None

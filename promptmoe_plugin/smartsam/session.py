@@ -7,7 +7,9 @@ The first click runs the agent (Sec. 3.2 of the SmartSAM paper):
 2. next chain clickers: from the best candidates, chains of agent clicks (Add / Cut in
    uncertain regions), every step of every chain decoded in one batched call;
 3. choice: SAM's own answer (the best of the click's three masks by predicted IoU)
-   stands unless another candidate that holds the click scores higher by a margin, the
+   stands outright when it already covers a sizeable share of the image and no
+   references speak for a switch (``hold_area``); otherwise it stands unless another
+   candidate that holds the click scores higher by a margin, the
    score being the predicted IoU (calibrated per candidate kind), less a penalty when the
    click lies less central in the candidate than in SAM's answer, plus (with
    references) the similarity to the reference instances of the click's label
@@ -15,8 +17,8 @@ The first click runs the agent (Sec. 3.2 of the SmartSAM paper):
 
 All candidates live as low-res logits, compared on the
 :func:`~promptmoe_plugin.sam.frames.lowres_shape` grid; only the chosen one is upscaled.
-Later clicks are plain SAM interaction from the chosen candidate (its low-res logits as
-mask prompt), as :class:`~promptmoe_plugin.clicks.SamClickSession` does.
+Later clicks continue from the chosen candidate (its low-res logits as mask prompt) with
+the guarded corrections of :class:`~promptmoe_plugin.clicks.SamClickSession`.
 """
 
 from __future__ import annotations
@@ -90,13 +92,19 @@ class SmartSamConfig:
             ``reduce``) in the score, relative to the predicted IoU.
         sim_margin: with references, a candidate replaces SAM's own answer only when it
             is at least this much more similar to them.
-        hold_area: SAM's own answer stands whatever the scores when it holds the click
-            and covers more than this share of the image (None: off, the default).  An
-            answer that is already a sizeable object is rarely a part of the one meant:
-            on COCO_MVal-dev the switches that lost 30+ points came from answers of
-            median 3.7% of the image, those that won from answers of 1.5%.  0.08 cuts
-            COCO_MVal-dev's losses by about a third, costs 0.1-1.9 mIoU@1 on DAVIS and
-            GrabCut (README, "First click"), so it is for projects of everyday objects.
+        hold_area: without references (pure mode, or a label with no exemplars yet),
+            SAM's own answer stands whatever the scores when it holds the click and
+            covers more than this share of the image (None: off).  An answer that is
+            already a sizeable object is rarely a part of the one meant: on
+            COCO_MVal-dev the switches that lost 30+ points came from answers of median
+            3.7% of the image, those that won from answers of 1.5%.  Without references
+            nothing but SAM's own predicted IoU speaks for a switch, and chain masks
+            score higher there for their size alone: 0.08 keeps COCO_MVal-dev's
+            first-click losses within 2% (18 -> 11 of 601) for 0.1-0.3 mIoU@1 on DAVIS
+            and GrabCut (README, "First click").
+        hold_area_references: the same hold with references (None: off, the default):
+            the label's exemplars are the evidence a switch needs, and the hold raised
+            GrabCut-50's NoC@90 from 1.40 to 1.48 there.
     """
 
     n_points: int = 0
@@ -113,7 +121,8 @@ class SmartSamConfig:
     switch_margin: float = 0.0
     sim_weight: float = 0.5
     sim_margin: float = 0.0
-    hold_area: float | None = None
+    hold_area: float | None = 0.08
+    hold_area_references: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("n_points", "n_boxes", "n_chains", "chain_steps"):
@@ -121,8 +130,10 @@ class SmartSamConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.max_area <= 1:
             raise ValueError(f"max_area must be in (0, 1], got {self.max_area}")
-        if self.hold_area is not None and not 0 <= self.hold_area <= 1:
-            raise ValueError(f"hold_area must be in [0, 1] or None, got {self.hold_area}")
+        for name in ("hold_area", "hold_area_references"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                raise ValueError(f"{name} must be in [0, 1] or None, got {value}")
         for name in ("centre_weight", "sim_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -414,10 +425,15 @@ class SmartSamSession:
                 chain[3], chain[4] = logits, float(iou)
             chains = active
 
+    @property
+    def has_references(self) -> bool:
+        """Whether the choice uses references (some given, and an intent with features)."""
+        return bool(len(self.references)) and self.intent.name != "none"
+
     def _similarity(self, masks: np.ndarray, idx: np.ndarray) -> np.ndarray | None:
         """``(N,) float64`` similarity of candidates ``idx`` to the references (0
         elsewhere), None without references.  ``masks`` ``(N, lh, lw) bool``."""
-        if not (len(idx) and len(self.references) and self.intent.name != "none"):
+        if not (len(idx) and self.has_references):
             return None
         feats = self.intent.candidate_features(self.emb, masks[idx].astype(np.float32))
         if feats.shape[1] != self.references.shape[1]:
@@ -459,7 +475,8 @@ class SmartSamSession:
     def _select(self, row: int, col: int) -> int:
         """Index of the chosen candidate: SAM's own answer (the click's mask with the best
         predicted IoU; eligible whatever its area when it holds the click, and chosen
-        outright when it holds it and covers more than ``hold_area``) unless an
+        outright when it holds it and covers more than ``hold_area``, or
+        ``hold_area_references`` with references) unless an
         eligible (:meth:`_eligible`) candidate's :meth:`_scores` beats it by more than
         ``switch_margin`` (with references, only a candidate at
         least ``sim_margin`` more similar to them); the best eligible one when SAM's own
@@ -469,7 +486,8 @@ class SmartSamSession:
         own = np.flatnonzero(np.array(self.pool.source) == "click")
         sam = int(own[np.argmax(self.pool.iou[own])])
         ok = self._eligible(masks, row, col, exempt=sam)  # never taken for background
-        if ok[sam] and cfg.hold_area is not None and masks[sam].mean() > cfg.hold_area:
+        hold = cfg.hold_area_references if self.has_references else cfg.hold_area
+        if ok[sam] and hold is not None and masks[sam].mean() > hold:
             return sam
         if not ok.any():  # nothing plausible holds the click: fall back to any non-empty one
             ok = masks.any(axis=(1, 2)) if masks.any() else np.ones(len(self.pool), bool)
