@@ -98,10 +98,11 @@ class SmartSamConfig:
             already a sizeable object is rarely a part of the one meant: on
             COCO_MVal-dev the switches that lost 30+ points came from answers of median
             3.7% of the image, those that won from answers of 1.5%.  Without references
-            nothing but SAM's own predicted IoU speaks for a switch, and chain masks
-            score higher there for their size alone: 0.08 keeps COCO_MVal-dev's
+            only SAM's predicted IoU speaks for a switch, and the losing switches were
+            to chain masks 1.5-21x the size of SAM's answer: 0.08 keeps COCO_MVal-dev's
             first-click losses within 2% (18 -> 11 of 601) for 0.1-0.3 mIoU@1 on DAVIS
-            and GrabCut (README, "First click").
+            and GrabCut with centre clicks, 1.1 on GrabCut with random ones (README,
+            "First click").
         hold_area_references: the same hold with references (None: off, the default):
             the label's exemplars are the evidence a switch needs, and the hold raised
             GrabCut-50's NoC@90 from 1.40 to 1.48 there.
