@@ -131,9 +131,9 @@ OPTIONS: tuple[Option, ...] = (
         "backend",
         "SMARTSAM_HOLD_AREA",
         "--hold-area",
-        "for a label without exemplars, SmartSAM keeps SAM's own first-click answer when it "
-        "holds the click and covers more than this share of the image, 0..1 or none (off) "
-        f"(default {SmartSamConfig.hold_area})",
+        "for a label without exemplars (or with selector none), SmartSAM keeps SAM's own "
+        "first-click answer when it holds the click and covers more than this share of the "
+        f"image, 0..1 or none (off) (default {SmartSamConfig.hold_area})",
     ),
     Option(
         "hold_area_references",
