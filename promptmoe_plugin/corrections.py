@@ -310,10 +310,9 @@ def _disk(shape: tuple[int, int], rc: tuple[int, int], radius: float) -> np.ndar
 def paint_click(previous: np.ndarray, disk: np.ndarray, positive: bool) -> np.ndarray:
     """``(256, 256) float32`` logits: ``previous`` ``(256, 256)`` with ``disk`` (``(lh,
     lw) bool``, the top-left corner of the low-res frame) set to +10 for a positive click,
-    -10 for a negative one, as a brush stroke would."""
-    full = np.zeros((LOW_RES, LOW_RES), bool)
-    full[: disk.shape[0], : disk.shape[1]] = disk
-    return np.where(full, 10.0 if positive else -10.0, previous).astype(np.float32)
+    -10 for a negative one, as a brush stroke would (:func:`local_edit` of a constant)."""
+    brush = np.full((LOW_RES, LOW_RES), 10.0 if positive else -10.0, np.float32)
+    return local_edit(brush, previous, disk)
 
 
 def guard_ok(
