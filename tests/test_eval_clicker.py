@@ -10,7 +10,7 @@ from promptmoe_plugin.clicks import SamClickSession
 from promptmoe_plugin.corrections import CorrectionConfig
 from promptmoe_plugin.sam import Prompt
 from promptmoe_plugin.eval import methods
-from promptmoe_plugin.eval.click_bench import _same_class, run_click_bench
+from promptmoe_plugin.eval.click_bench import run_click_bench, same_class_references
 from promptmoe_plugin.eval.clicker import (
     Click,
     Clicker,
@@ -309,10 +309,11 @@ def test_same_class_references_skip_the_same_photo_and_other_classes(engine, tmp
         Image.fromarray(gt).save(tmp_path / "gt" / f"{name}.png")
     samples = load_dataset(tmp_path)
     by_name = {s.name: s for s in samples}
-    refs = _same_class(samples, by_name["cup02_1"], 5)
+    refs = same_class_references(samples, by_name["cup02_1"], 5)
     assert [int(g.sum()) for _, g in refs] == [400, 300]  # not cup01_1 (same photo), not the dog
-    assert [int(g.sum()) for _, g in _same_class(samples, by_name["cup04_3"], 2)] == [300, 200]
-    assert _same_class(samples, by_name["dog01_5"], 3) == []
+    refs = same_class_references(samples, by_name["cup04_3"], 2)
+    assert [int(g.sum()) for _, g in refs] == [300, 200]
+    assert same_class_references(samples, by_name["dog01_5"], 3) == []
 
 
 def test_click_bench_losses_curve_plot_and_pools(engine, tmp_path):

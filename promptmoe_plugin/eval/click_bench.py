@@ -131,7 +131,7 @@ def run_click_bench(
         "seed": seed,
         "max_clicks": max_clicks,
         "references": references,
-        "reference_pool": {n: _pool(reference_pool, samples) for n, samples in data},
+        "reference_pool": {n: pool_mode(reference_pool, samples) for n, samples in data},
         "first_click": first_click,
         "options": recorded(options or {}),
         "model": engine.model_id,
@@ -153,7 +153,7 @@ def run_click_bench(
             if pool == "earlier":
                 pooled = list(earlier)
             else:
-                pooled = _same_class(samples, sample, references) if wants else []
+                pooled = same_class_references(samples, sample, references) if wants else []
             s = sample_seed(seed, sample.name)
             for runner in runners:
                 refs = pooled if runner.method.uses_references else []
@@ -244,7 +244,7 @@ def _first_case(title: str, image: np.ndarray, gt: np.ndarray, run: ClickRun) ->
     return Case(title, image, gt, run.masks[0], points=points, labels=labels)
 
 
-def _pool(choice: str, samples: Sequence[Sample]) -> str:
+def pool_mode(choice: str, samples: Sequence[Sample]) -> str:
     """The reference pool used for a dataset: ``auto`` becomes ``same-class`` when every
     sample name carries a class (:func:`.datasets.instance_class`), else ``earlier``."""
     if choice != "auto":
@@ -254,7 +254,7 @@ def _pool(choice: str, samples: Sequence[Sample]) -> str:
     return "same-class" if all(instance_class(s.name) for s in samples) else "earlier"
 
 
-def _same_class(samples: Sequence[Sample], sample: Sample, limit: int) -> list[Reference]:
+def same_class_references(samples: Sequence[Sample], sample: Sample, limit: int) -> list[Reference]:
     """Up to ``limit`` other instances of ``sample``'s class from other photos, the ones
     before it in name order first, then from the end (every image gets as many as its class
     allows); each ``(image (H, W, 3) uint8, gt (H, W) bool)``."""
