@@ -1,5 +1,5 @@
 """Commands that run one algorithm on files: ``demo``, ``refine``, ``segment``,
-``train-router``."""
+``train-router``, ``train-switch``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from PIL import Image
 from promptmoe_plugin.demo import run_demo
 from promptmoe_plugin.eval.report import write_json
 from promptmoe_plugin.eval.router_data import train_router
+from promptmoe_plugin.eval.switch_data import train_switch
 from promptmoe_plugin.experts.depth import DepthEstimator
 from promptmoe_plugin.images import load_image, load_mask, save_mask
 from promptmoe_plugin.overlay import draw_overlay
@@ -141,6 +142,38 @@ def _run_train_router(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_train_switch(args: argparse.Namespace) -> int:
+    result = train_switch(
+        engine(args),
+        args.data,
+        args.holdout_data,
+        args.out,
+        loss_weight=args.loss_weight,
+        temperature=args.temperature,
+        references=args.references,
+        class_references=args.class_references,
+        seed=args.seed,
+        pools_cache=args.pools,
+    )
+    weights = " ".join(f"{w:.3f}" for w in result["weights"])
+    print(f"weights ({len(result['weights'])} features): {weights}")
+    print(
+        f"{'split':9s} {'pools':24s} {'n':>5s} {'sam':>7s} {'fitted':>7s} {'L':>4s} "
+        f"{'shipped':>7s} {'L':>4s}"
+    )
+    for split, figures in result["figures"].items():
+        for group, fitted in figures["fitted"].items():
+            shipped = figures.get("shipped", {}).get(group)
+            tail = f" {shipped['miou']:7.2f} {shipped['losses']:4d}" if shipped else ""
+            print(
+                f"{split:9s} {group:24s} {fitted['pools']:5d} {fitted['miou_sam']:7.2f} "
+                f"{fitted['miou']:7.2f} {fitted['losses']:4d}{tail}"
+            )
+    print(f"wrote {args.out}")
+    write_json(args.json, result)
+    return 0
+
+
 def register(sub: Subparsers, bench: Subparsers) -> None:
     p = sub.add_parser("demo", help="segment a bundled example image and write an overlay PNG")
     p.add_argument(
@@ -258,3 +291,51 @@ def register(sub: Subparsers, bench: Subparsers) -> None:
     p.add_argument("--json", help="also write the figures to this JSON file")
     add_settings_options(p, ("engine",))
     p.set_defaults(func=_run_train_router)
+
+    p = sub.add_parser(
+        "train-switch",
+        help="fit SmartSAM's learned switch (first click with references) on image/GT folders",
+    )
+    p.add_argument(
+        "--data", nargs="+", required=True, help="dataset folders (image + GT) to fit on"
+    )
+    p.add_argument(
+        "--holdout-data",
+        nargs="*",
+        default=[],
+        help="dataset folders used only to report held-out figures",
+    )
+    p.add_argument("--out", required=True, help="weights file to write (.json)")
+    p.add_argument(
+        "--loss-weight",
+        type=float,
+        default=1.0,
+        help="penalty on a choice 30+ IoU points below SAM's own answer (default 1)",
+    )
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=0.03,
+        help="softmax temperature of the fitted choice (default 0.03)",
+    )
+    p.add_argument(
+        "--references",
+        type=int,
+        default=5,
+        help="earlier images used as references in folders without classes (default 5)",
+    )
+    p.add_argument(
+        "--class-references",
+        type=int,
+        default=3,
+        help="same-class instances used as references where names carry a class (default 3)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the first clicks (default 0)")
+    p.add_argument(
+        "--pools",
+        help="cache the measured first-click pools here (<path>.train.npz/.holdout.npz) "
+        "and reuse them",
+    )
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    add_settings_options(p, ("engine",))
+    p.set_defaults(func=_run_train_switch)

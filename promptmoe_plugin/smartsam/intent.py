@@ -203,6 +203,14 @@ class SamIntent:
             raise IntentError(f"weights must be 3 non-negative numbers, got {weights!r}")
         self.part_scale = np.sqrt(w / w.sum()).astype(np.float32)
 
+    @staticmethod
+    def parts(dim: int) -> tuple[slice, slice, slice]:
+        """Where the (SAM embedding, colour, texture) parts lie in a feature of ``dim``
+        values; the cosine of two features is the sum of the parts' dot products."""
+        colour, texture = _L_BINS * _AB_BINS**2, _GRAD_BINS
+        sam = dim - colour - texture
+        return slice(0, sam), slice(sam, sam + colour), slice(sam + colour, dim)
+
     def reference_features(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return self._refs.get(image, mask, self._compute_reference)
 
