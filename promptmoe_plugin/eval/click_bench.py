@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -140,20 +140,12 @@ def run_click_bench(
     keep = overlays if out else 0
     per_image: list[dict[str, Any]] = []
     extremes = {r.name: Extremes(keep) for r in runners}
+    wants = any(r.method.uses_references for r in runners)
     for name, samples in data:
         pool = config["reference_pool"][name]
-        earlier: deque[Reference] = deque(maxlen=references)
-        for sample in tqdm(samples, desc=f"click {name}", unit="img", disable=not progress):
-            image, gt, ignore = sample.load()
-            if not (gt & ~ignore).any():
-                log.warning("%s/%s: empty ground truth, skipped", name, sample.name)
-                continue
+        project = project_samples(name, samples, pool, references, wants, f"click {name}", progress)
+        for sample, image, gt, ignore, pooled in project:
             engine.embed(image)
-            wants = any(r.method.uses_references for r in runners)
-            if pool == "earlier":
-                pooled = list(earlier)
-            else:
-                pooled = same_class_references(samples, sample, references) if wants else []
             s = sample_seed(seed, sample.name)
             for runner in runners:
                 refs = pooled if runner.method.uses_references else []
@@ -187,8 +179,6 @@ def run_click_bench(
                 if ext.wants(run.ious[0]):
                     title = f"{name}/{sample.name} click 1"
                     ext.add(run.ious[0], _first_case(title, image, gt, run))
-            if pool == "earlier":
-                earlier.append((image, gt))
     by_dataset = {
         name: {
             r.name: _click_summary(
@@ -252,6 +242,33 @@ def pool_mode(choice: str, samples: Sequence[Sample]) -> str:
             raise ValueError("same-class references need sample names <class><NN>_<photo id>")
         return choice
     return "same-class" if all(instance_class(s.name) for s in samples) else "earlier"
+
+
+def project_samples(
+    name: str,
+    samples: Sequence[Sample],
+    mode: str,
+    limit: int,
+    wants: bool = True,
+    desc: str = "",
+    progress: bool = True,
+) -> Iterator[tuple[Sample, np.ndarray, np.ndarray, np.ndarray, list[Reference]]]:
+    """Each sample of dataset ``name`` with a non-empty ground truth, loaded (image, gt,
+    ignore), with the references a Label Studio project would have for it: up to
+    ``limit`` earlier images' ground truth (``mode`` ``earlier``) or other instances of
+    its class (``same-class``, :func:`same_class_references`; only when ``wants``)."""
+    earlier: deque[Reference] = deque(maxlen=limit)
+    for sample in tqdm(samples, desc=desc, unit="img", disable=not progress):
+        image, gt, ignore = sample.load()
+        if not (gt & ~ignore).any():
+            log.warning("%s/%s: empty ground truth, skipped", name, sample.name)
+            continue
+        if mode == "earlier":
+            refs = list(earlier)
+            earlier.append((image, gt))
+        else:
+            refs = same_class_references(samples, sample, limit) if wants else []
+        yield sample, image, gt, ignore, refs
 
 
 def same_class_references(samples: Sequence[Sample], sample: Sample, limit: int) -> list[Reference]:

@@ -10,13 +10,11 @@ and reports the figures on the training and held-out pools.
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from ..sam import SamEngine
 from ..smartsam import SmartSamConfig, SmartSamSession, make_intent
@@ -28,11 +26,10 @@ from ..smartsam.switch import (
     load_switch,
     pool_figures,
 )
-from .click_bench import pool_mode, same_class_references
+from .click_bench import pool_mode, project_samples
 from .clicker import Clicker
 from .coarse import sample_seed
 from .datasets import sample_datasets
-from .methods import Reference
 from .metrics import iou
 
 log = logging.getLogger(__name__)
@@ -60,17 +57,11 @@ def switch_pools(
     pools: list[SwitchPool] = []
     for name, samples in sample_datasets(folders):
         mode = pool_mode("auto", samples)
-        earlier: deque[Reference] = deque(maxlen=references)
-        for sample in tqdm(samples, desc=f"pools {name}", unit="img", disable=not progress):
-            image, gt, ignore = sample.load()
-            if not (gt & ~ignore).any():
-                log.warning("%s/%s: empty ground truth, skipped", name, sample.name)
-                continue
-            if mode == "earlier":
-                refs = list(earlier)
-                earlier.append((image, gt))
-            else:
-                refs = same_class_references(samples, sample, class_references)
+        limit = references if mode == "earlier" else class_references
+        project = project_samples(
+            name, samples, mode, limit, desc=f"pools {name}", progress=progress
+        )
+        for sample, image, gt, ignore, refs in project:
             if not refs:
                 continue
             s = sample_seed(seed, sample.name)
