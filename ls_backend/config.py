@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_type_hints
 
 from promptmoe_plugin.smartsam import SmartSamConfig
+from promptmoe_plugin.smartsam.switch import load_switch
 
 from .rle import MAX_PIXELS
 
@@ -141,6 +142,15 @@ OPTIONS: tuple[Option, ...] = (
         "SMARTSAM_HOLD_AREA_REFERENCES",
         "--hold-area-references",
         "the same hold for a label with exemplars, 0..1 or none (default none: off)",
+    ),
+    Option(
+        "smartsam_switch",
+        "backend",
+        "SMARTSAM_SWITCH",
+        "--smartsam-switch",
+        "SmartSAM's learned first-click switch for a label with exemplars (selector sam): "
+        "default (the shipped weights), a weights file of promptmoe train-switch, or none "
+        "(the score rule)",
     ),
     Option(
         "dinov2_model",
@@ -289,7 +299,8 @@ class Settings:
     ``intent`` is SmartSAM's intent for first clicks (``none``, ``sam`` or ``dinov2``; set
     by ``SMARTSAM_SELECTOR`` / ``--selector``); ``hold_area`` and
     ``hold_area_references`` are the fields of the same names of
-    :class:`~promptmoe_plugin.smartsam.SmartSamConfig` (same defaults); ``depth_model`` enables
+    :class:`~promptmoe_plugin.smartsam.SmartSamConfig` (same defaults), ``smartsam_switch``
+    its ``switch`` (``none`` or ``off`` turn it off); ``depth_model`` enables
     PromptMoE's depth expert.  Construct it with typed values, or from strings with
     :func:`load_settings`.
     """
@@ -303,6 +314,7 @@ class Settings:
     intent: str = "sam"
     hold_area: float | None = SmartSamConfig.hold_area
     hold_area_references: float | None = SmartSamConfig.hold_area_references
+    smartsam_switch: str | None = SmartSamConfig.switch
     dinov2_model: str | None = None
     depth_model: str | None = None
     max_references: int = 8
@@ -341,6 +353,13 @@ class Settings:
         ):
             if value is not None and not 0 <= value <= 1:
                 raise ValueError(f"{name} must be in 0..1 or none, got {value}")
+        if self.smartsam_switch is not None and self.smartsam_switch.lower() in ("none", "off"):
+            object.__setattr__(self, "smartsam_switch", None)
+        if self.smartsam_switch not in (None, "default"):
+            try:
+                load_switch(self.smartsam_switch)
+            except ValueError as exc:
+                raise ValueError(f"SMARTSAM_SWITCH: {exc}") from None
         if self.job_workers < 1:
             raise ValueError(f"JOB_WORKERS must be >= 1, got {self.job_workers}")
         if self.train_epochs < 1:

@@ -157,7 +157,9 @@ class PromptMoEModel:
         self.store = ReferenceStore(settings.model_dir)
         self.intent = make_intent(settings.intent, engine, settings.dinov2_model)
         self.smartsam_config = SmartSamConfig(
-            hold_area=settings.hold_area, hold_area_references=settings.hold_area_references
+            hold_area=settings.hold_area,
+            hold_area_references=settings.hold_area_references,
+            switch=settings.smartsam_switch,
         )
         self.depth = DepthEstimator(settings.depth_model) if settings.depth_model else None
         self.references = learning.ReferenceFeatures(self.intent, self.store, self.fetcher)

@@ -41,6 +41,7 @@ def test_settings_from_env_parse_and_validate(tmp_path):
             "MASK_DATA_KEY": "",
             "SMARTSAM_HOLD_AREA": "None",
             "SMARTSAM_HOLD_AREA_REFERENCES": "0.1",
+            "SMARTSAM_SWITCH": "None",
         }
     )
     assert s.model_dir == tmp_path and s.max_references == 3 and s.allowed_hosts == ("a", "b")
@@ -49,6 +50,9 @@ def test_settings_from_env_parse_and_validate(tmp_path):
     assert s.engine == EngineSettings(cache_mb=64.0) and s.local_files_root is None
     assert s.hold_area is None and s.hold_area_references == 0.1
     assert Settings().hold_area == 0.08 and Settings().hold_area_references is None
+    assert s.smartsam_switch is None and Settings().smartsam_switch == "default"
+    with pytest.raises(ValueError, match="SMARTSAM_SWITCH: cannot read switch weights"):
+        load_settings({"SMARTSAM_SWITCH": str(tmp_path / "missing.json")})
     with pytest.raises(ValueError, match="BASIC_AUTH_PASS"):
         load_settings({"BASIC_AUTH_USER": "u"})
     with pytest.raises(ValueError, match="MAX_REFERENCES must be >= 0"):
