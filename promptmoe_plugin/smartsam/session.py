@@ -13,7 +13,8 @@ The first click runs the agent (Sec. 3.2 of the SmartSAM paper):
    score being the predicted IoU (calibrated per candidate kind), less a penalty when the
    click lies less central in the candidate than in SAM's answer, plus (with
    references) the similarity to the reference instances of the click's label
-   (:meth:`SmartSamSession._scores`).
+   (:meth:`SmartSamSession._scores`).  With references and the ``sam`` intent, a learned
+   switch (:mod:`.switch`) makes that decision instead.
 
 All candidates live as low-res logits, compared on the
 :func:`~promptmoe_plugin.sam.frames.lowres_shape` grid; only the chosen one is upscaled.
@@ -111,7 +112,7 @@ class SmartSamConfig:
             switch (:mod:`.switch`) decides instead of the score rule above:
             ``"default"`` uses the shipped weights, a path the weights of ``promptmoe
             train-switch``, None the score rule.  On COCO_MVal-dev it cut the first-click
-            losses from 29 to 12 of 601 and raised mIoU@1 by 3.4 (README, "First click").
+            losses from 29 to 15 of 601 and raised mIoU@1 by 3.2 (README, "First click").
     """
 
     n_points: int = 0
@@ -443,7 +444,7 @@ class SmartSamSession:
 
     def _load_switch(self) -> SwitchWeights | None:
         """The learned switch's weights when the choice will use them: a ``switch``
-        setting, references, and an intent with parts (:attr:`~.intent.SamIntent.parts`)."""
+        setting, references, and an intent with parts (:meth:`~.intent.SamIntent.parts`)."""
         name = self.config.switch
         if name is None or not self.has_references or not hasattr(self.intent, "parts"):
             return None

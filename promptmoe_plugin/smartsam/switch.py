@@ -6,7 +6,7 @@ answer (:data:`FEATURES`, :func:`switch_features`); a linear score of them decid
 above 0.  The weights are fitted (:func:`fit_switch`) on first-click pools measured
 against ground truth (``promptmoe train-switch``) to maximise the expected IoU of the
 choice less a penalty on losing 30+ points against SAM's answer.  They are fitted on the
-``sam`` intent's three-part features (:attr:`~.intent.SamIntent.parts`).
+``sam`` intent's three-part features (:meth:`~.intent.SamIntent.parts`).
 """
 
 from __future__ import annotations
