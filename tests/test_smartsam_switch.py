@@ -168,9 +168,10 @@ def test_session_uses_the_switch_with_references_only(engine, tmp_path):
         )
 
 
-def test_train_switch_on_a_small_folder(engine, tmp_path):
+def test_train_switch_on_a_small_folder(engine, tmp_path, monkeypatch):
     """``promptmoe train-switch``'s work on three synthetic photos of a class: pools with
-    references of the same class, weights written and loadable, figures per group."""
+    references of the same class, weights written and loadable, figures per group; a
+    packaged weights file that does not load is left out of the figures, not fatal."""
     folder = tmp_path / "data"
     (folder / "img").mkdir(parents=True)
     (folder / "gt").mkdir()
@@ -189,3 +190,9 @@ def test_train_switch_on_a_small_folder(engine, tmp_path):
     figures = result["figures"]["train"]
     assert set(figures["fitted"]) == {"data/center", "data/random", "all"}
     assert figures["sam"]["all"]["pools"] == 6
+    assert figures["shipped"]["all"]["pools"] == 6  # the package's weights, to compare
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    monkeypatch.setattr("promptmoe_plugin.eval.switch_data.DEFAULT_SWITCH", broken)
+    again = train_switch(engine, [folder], [], out, pools_cache=str(tmp_path / "pools"))
+    assert "shipped" not in again["figures"]["train"]

@@ -130,6 +130,18 @@ def _cached_pools(
     return pools
 
 
+def _shipped() -> np.ndarray | None:
+    """The package's switch weights, to compare with; None when it has none or they do
+    not load."""
+    if not DEFAULT_SWITCH.exists():
+        return None
+    try:
+        return load_switch(DEFAULT_SWITCH).weights
+    except ValueError as exc:
+        log.warning("the shipped switch is left out of the figures: %s", exc)
+        return None
+
+
 def _by_dataset(pools: Sequence[SwitchPool], weights: np.ndarray | None) -> dict[str, Any]:
     """:func:`pool_figures` per ``dataset/first click`` group and over all pools."""
     groups: dict[str, list[SwitchPool]] = {}
@@ -164,7 +176,7 @@ def train_switch(
     train = _cached_pools(engine, data, cache("train"), **kwargs)
     held = _cached_pools(engine, holdout_data, cache("holdout"), **kwargs) if holdout_data else []
     weights = fit_switch(train, loss_weight=loss_weight, temperature=temperature)
-    shipped = load_switch().weights if DEFAULT_SWITCH.exists() else None
+    shipped = _shipped()
     figures: dict[str, dict[str, Any]] = {}
     for split, pools in (("train", train), ("held_out", held)):
         if pools:
