@@ -174,6 +174,20 @@ def _run_train_switch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_training_data(p: argparse.ArgumentParser, purpose: str, suffix: str) -> None:
+    """``--data``, ``--holdout-data`` and ``--out`` of a training command."""
+    p.add_argument(
+        "--data", nargs="+", required=True, help=f"dataset folders (image + GT) {purpose}"
+    )
+    p.add_argument(
+        "--holdout-data",
+        nargs="*",
+        default=[],
+        help="dataset folders used only for held-out evaluation",
+    )
+    p.add_argument("--out", required=True, help=f"weights file to write ({suffix})")
+
+
 def register(sub: Subparsers, bench: Subparsers) -> None:
     p = sub.add_parser("demo", help="segment a bundled example image and write an overlay PNG")
     p.add_argument(
@@ -250,19 +264,7 @@ def register(sub: Subparsers, bench: Subparsers) -> None:
     p = sub.add_parser(
         "train-router", help="train the PromptMoE expert selector from image/GT folders"
     )
-    p.add_argument(
-        "--data",
-        nargs="+",
-        required=True,
-        help="dataset folders (image + GT) for training; a share is held out by image",
-    )
-    p.add_argument(
-        "--holdout-data",
-        nargs="*",
-        default=[],
-        help="dataset folders used only for held-out evaluation",
-    )
-    p.add_argument("--out", required=True, help="weights file to write (.pt)")
+    _add_training_data(p, "for training; a share is held out by image", ".pt")
     p.add_argument(
         "--images", type=int, default=0, help="seeded random images per folder (default: all)"
     )
@@ -296,16 +298,7 @@ def register(sub: Subparsers, bench: Subparsers) -> None:
         "train-switch",
         help="fit SmartSAM's learned switch (first click with references) on image/GT folders",
     )
-    p.add_argument(
-        "--data", nargs="+", required=True, help="dataset folders (image + GT) to fit on"
-    )
-    p.add_argument(
-        "--holdout-data",
-        nargs="*",
-        default=[],
-        help="dataset folders used only to report held-out figures",
-    )
-    p.add_argument("--out", required=True, help="weights file to write (.json)")
+    _add_training_data(p, "to fit on", ".json")
     p.add_argument(
         "--loss-weight",
         type=float,
