@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_type_hints
 
 from promptmoe_plugin.smartsam import SmartSamConfig
-from promptmoe_plugin.smartsam.switch import load_switch
+from promptmoe_plugin.smartsam.switch import SHIPPED, load_switch
 
 from .rle import MAX_PIXELS
 
@@ -292,6 +292,10 @@ class EngineSettings:
             raise ValueError(f"EMBEDDING_CACHE_MB must be >= 0, got {self.cache_mb}")
 
 
+#: Values that turn an optional setting off (any case).
+_OFF = ("none", "off")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the backend needs; ``engine`` holds the SAM engine options.
@@ -353,9 +357,9 @@ class Settings:
         ):
             if value is not None and not 0 <= value <= 1:
                 raise ValueError(f"{name} must be in 0..1 or none, got {value}")
-        if self.smartsam_switch is not None and self.smartsam_switch.lower() in ("none", "off"):
+        if self.smartsam_switch is not None and self.smartsam_switch.lower() in _OFF:
             object.__setattr__(self, "smartsam_switch", None)
-        if self.smartsam_switch not in (None, "default"):
+        if self.smartsam_switch not in (None, SHIPPED):
             try:
                 load_switch(self.smartsam_switch)
             except ValueError as exc:
@@ -380,7 +384,7 @@ def _path(raw: str) -> Path:
 
 def _optional_float(raw: str) -> float | None:
     """A number, or None for ``none`` / ``off`` (any case)."""
-    return None if raw.strip().lower() in ("none", "off") else float(raw)
+    return None if raw.strip().lower() in _OFF else float(raw)
 
 
 def _hosts(raw: str) -> tuple[str, ...]:

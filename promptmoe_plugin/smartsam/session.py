@@ -41,7 +41,7 @@ from ..zoom import Box
 from .chains import next_click
 from .intent import Intent, NoIntent, matmul, similarity
 from .sampler import sample_boxes, sample_points
-from .switch import DEFAULT_SWITCH, SwitchWeights, load_switch, switch_choice, switch_features
+from .switch import SHIPPED, SwitchWeights, load_switch, switch_choice, switch_features
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class SmartSamConfig:
     sim_margin: float = 0.0
     hold_area: float | None = 0.08
     hold_area_references: float | None = None
-    switch: str | None = "default"
+    switch: str | None = SHIPPED
 
     def __post_init__(self) -> None:
         for name in ("n_points", "n_boxes", "n_chains", "chain_steps"):
@@ -448,7 +448,7 @@ class SmartSamSession:
         name = self.config.switch
         if name is None or not self.has_references or not hasattr(self.intent, "parts"):
             return None
-        return load_switch(DEFAULT_SWITCH if name == "default" else name)
+        return load_switch(name)
 
     def _switch_inputs(
         self, masks: np.ndarray, ok: np.ndarray, row: int, col: int, sam: int

@@ -39,6 +39,8 @@ FEATURES = (
 )
 #: The weights shipped with the package (``promptmoe train-switch``; README, "First click").
 DEFAULT_SWITCH = Path(__file__).resolve().parents[1] / "weights" / "smartsam_switch.json"
+#: The name that stands for :data:`DEFAULT_SWITCH` in settings (``switch="default"``).
+SHIPPED = "default"
 #: A choice loses when its IoU is this far below SAM's answer's (as ``bench click``).
 LOSS = 0.30
 
@@ -63,12 +65,15 @@ class SwitchWeights:
 
 
 @lru_cache(maxsize=8)
-def load_switch(path: str | Path = DEFAULT_SWITCH) -> SwitchWeights:
-    """Switch weights from a JSON file written by :meth:`SwitchWeights.save` (cached).
+def load_switch(path: str | Path = SHIPPED) -> SwitchWeights:
+    """Switch weights from a JSON file written by :meth:`SwitchWeights.save` (cached);
+    :data:`SHIPPED` reads :data:`DEFAULT_SWITCH`.
 
     Raises:
         ValueError: the file is not such a file, or names other features.
     """
+    if path == SHIPPED:
+        path = DEFAULT_SWITCH
     try:
         data = json.loads(Path(path).read_text())
         names, weights = data["features"], data["weights"]
