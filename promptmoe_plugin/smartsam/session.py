@@ -442,11 +442,17 @@ class SmartSamSession:
         """Whether the choice uses references (some given, and an intent with features)."""
         return bool(len(self.references)) and self.intent.name != "none"
 
+    @property
+    def _switchable(self) -> bool:
+        """Whether the learned switch can read this session: references, and an intent
+        with parts (:meth:`~.intent.SamIntent.parts`)."""
+        return self.has_references and hasattr(self.intent, "parts")
+
     def _load_switch(self) -> SwitchWeights | None:
         """The learned switch's weights when the choice will use them: a ``switch``
-        setting, references, and an intent with parts (:meth:`~.intent.SamIntent.parts`)."""
+        setting and :attr:`_switchable`."""
         name = self.config.switch
-        if name is None or not self.has_references or not hasattr(self.intent, "parts"):
+        if name is None or not self._switchable:
             return None
         return load_switch(name)
 
@@ -491,7 +497,7 @@ class SmartSamSession:
         Raises:
             RuntimeError: no first click yet, no references, or an intent without parts.
         """
-        if self._cell is None or not (self.has_references and hasattr(self.intent, "parts")):
+        if self._cell is None or not self._switchable:
             raise RuntimeError(
                 "switch_pool needs a first click with references and the 'sam' intent"
             )
