@@ -82,6 +82,10 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: v is None or (_is_real(v) and 0 <= v <= 1),
         "a number in [0, 1] or None (off)",
     ),
+    "box_match": (
+        lambda v: v is None or (_is_real(v) and 0 < v <= 1),
+        "a number in (0, 1] or None (off)",
+    ),
     "stable_pick": (lambda v: isinstance(v, bool), "true or false"),
     "keep_stability": (
         lambda v: v is None or (_is_real(v) and 0 <= v <= 1),
@@ -126,6 +130,10 @@ class RefineConfig:
             agreement_power``; 0 is off.
         box_gate: return SAM's box answer when its IoU with the coarse mask exceeds this;
             None is off.
+        box_match: SAM's box answer is its best-scored mask for the draft's box, unless
+            another of its three masks reproduces the draft (IoU >= ``box_match``): then
+            that one, as SAM and the draft agree on the object's extent where the
+            best-scored mask took a part or a whole of it.  None: always the best-scored.
         stable_pick: where the experts ran, return their answer or the plain mask-prompt
             one, whichever SAM is more stable about.
         keep_stability, keep_holes, keep_main, keep_vertices, keep_edges: the draft check
@@ -159,6 +167,7 @@ class RefineConfig:
     prompt_mix: float = 0.5
     agreement_power: float = 2.0
     box_gate: float | None = 0.6
+    box_match: float | None = 0.95
     stable_pick: bool = True
     keep_stability: float | None = 0.985
     keep_holes: float = 0.1
@@ -334,16 +343,34 @@ def _box_answer(engine: SamEngine, emb: ImageEmbedding, m0: np.ndarray, clock: _
 
 
 def _agreement(
-    engine: SamEngine, emb: ImageEmbedding, m0: np.ndarray, clock: _Clock
+    engine: SamEngine,
+    emb: ImageEmbedding,
+    m0: np.ndarray,
+    clock: _Clock,
+    match: float | None = None,
 ) -> tuple[float, _Answer]:
-    """:func:`_box_answer` for ``m0`` ``(h, w) bool`` (working frame) and how well it agrees
-    with ``m0``: the IoU in [0, 1] of the answer with ``m0`` (low when the image disagrees
-    with the coarse mask), and the answer with its working-frame logits.
+    """SAM's answer to the tight box of ``m0`` ``(h, w) bool`` (working frame) and how well
+    it agrees with ``m0``: the IoU in [0, 1] of the answer with ``m0`` (low when the image
+    disagrees with the coarse mask), and the answer with its working-frame logits.
+
+    The answer is SAM's best-scored mask, or with ``match`` (``RefineConfig.box_match``)
+    the mask of the three that agrees best with ``m0`` when that IoU is at least ``match``.
     """
-    box = _box_answer(engine, emb, m0, clock)
-    working = engine.upscale(emb, box.logits[None], "working")[0]
+    prompt = sam_box_prompt(emb, m0)
+    clock.lap("prompts")
+    out = engine.decode(emb, [prompt], multimask=True, frame="none")
+    clock.lap("decode")
+    best = int(out.best()[0])
+    kept = [best] if match is None else list(range(out.low_res_logits.shape[1]))
+    working = engine.upscale(emb, out.low_res_logits[0, kept], "working")
     clock.lap("upscale")
-    return mask_iou(working > 0, m0, empty=0.0), box._replace(working=working)
+    agree = mask_iou(working > 0, m0, empty=0.0)
+    k = kept.index(best)
+    if match is not None and agree.max() >= match:
+        k = int(np.argmax(agree))
+    i = kept[k]
+    answer = _Answer(out.low_res_logits[0, i], float(out.iou[0, i]), prompt, working[k])
+    return float(agree[k]), answer
 
 
 def _edge_map(image: np.ndarray) -> np.ndarray:
@@ -521,11 +548,14 @@ def experts_answer(
     return _iterate(engine, emb, m0, place, cfg.iterations, cfg.gamma, strength, clock, scale)
 
 
-def box_agreement(engine: SamEngine, emb: ImageEmbedding, m0: np.ndarray) -> float:
-    """IoU in [0, 1] of SAM's most confident answer to the tight box of the draft ``m0``
-    ``(h, w) bool`` (working frame) with the draft: what the box gate compares with
-    ``RefineConfig.box_gate`` and the mask prompt's strength follows."""
-    return _agreement(engine, emb, m0, _Clock())[0]
+def box_agreement(
+    engine: SamEngine, emb: ImageEmbedding, m0: np.ndarray, match: float | None = None
+) -> float:
+    """IoU in [0, 1] of SAM's answer to the tight box of the draft ``m0`` ``(h, w) bool``
+    (working frame) with the draft: what the box gate compares with
+    ``RefineConfig.box_gate`` and the mask prompt's strength follows.  ``match`` is
+    ``RefineConfig.box_match`` (None: SAM's best-scored mask)."""
+    return _agreement(engine, emb, m0, _Clock(), match)[0]
 
 
 def _validate_inputs(
@@ -615,7 +645,7 @@ def refine(
             agreement, box = 1.0, None
             check = cfg.keep_stability is not None
             if cfg.box_gate is not None or cfg.agreement_power or check:
-                agreement, box = _agreement(engine, emb, m0, clock)
+                agreement, box = _agreement(engine, emb, m0, clock, cfg.box_match)
             if cfg.box_gate is not None and agreement > cfg.box_gate:
                 # SAM's own reading of the box already matches the draft: its answer follows
                 # the image's edges, and further prompts mostly pull it back to the draft.

@@ -55,7 +55,7 @@ def make_example(
     emb = engine.embed(image)
     m0 = mask_to_working(emb, coarse)
     names = available_experts(depth, tuple(names))
-    agreement = box_agreement(engine, emb, m0)
+    agreement = box_agreement(engine, emb, m0, config.box_match)
     if skip_gated and config.box_gate is not None and agreement > config.box_gate:
         return None
     maps = expert_maps(names, ExpertInput(engine, emb, m0, depth, config.grid))

@@ -9,6 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from promptmoe_plugin.baselines import sam_box_prompt
 from promptmoe_plugin.eval.coarse import make_coarse
 from promptmoe_plugin.experts import EXPERTS
 from promptmoe_plugin.masks import mask_iou
@@ -87,7 +88,7 @@ def test_box_gate_returns_sams_box_answer_when_it_agrees_with_the_draft(
 ):
     image, gt, coarse = case
     box = refine(engine, image, coarse, "sam-box")
-    gate_only = RefineConfig(box_gate=0.0, keep_stability=None)
+    gate_only = RefineConfig(box_gate=0.0, box_match=None, keep_stability=None)
     gated = refine(engine, image, coarse, variant, gate_only, router=router)
     np.testing.assert_array_equal(gated.mask, box.mask)
     assert gated.score == pytest.approx(box.score)
@@ -102,6 +103,28 @@ def test_box_gate_returns_sams_box_answer_when_it_agrees_with_the_draft(
     open_gate = refine(engine, image, coarse, variant, open_config, router=router)
     assert len(open_gate.experts) == 2 and "experts" in open_gate.timings
     assert open_gate.source in ("experts", "plain")
+
+
+def test_box_match_takes_the_box_mask_that_reproduces_the_draft(engine, voc, router):
+    """VOC instance 15 as the draft: SAM's best-scored mask for its box agrees with it at
+    0.941, another of its three masks at 0.963.  ``box_match`` takes that one when 0.963
+    reaches it; the ``sam-box`` baseline keeps the best-scored one."""
+    image, draft = voc["rgb"], voc["masks"][15]
+    emb = engine.embed(image)
+    m0 = mask_to_working(emb, draft)
+    out = engine.decode(emb, [sam_box_prompt(emb, m0)], multimask=True, frame="none")
+    masks = engine.upscale_masks(emb, out.low_res_logits[0], "image")
+    agree = mask_iou(engine.upscale_masks(emb, out.low_res_logits[0], "working"), m0)
+    best, closest = int(out.best()[0]), int(np.argmax(agree))
+    assert best != closest and agree[best] < 0.95 <= agree[closest] < 0.97
+    box = refine(engine, image, draft, "sam-box")
+    np.testing.assert_array_equal(box.mask, masks[best])
+    for match, expected in [(None, best), (0.97, best), (0.95, closest)]:
+        config = RefineConfig(box_match=match, keep_stability=None)
+        result = refine(engine, image, draft, "full", config, router=router)
+        assert result.source == "box"
+        np.testing.assert_array_equal(result.mask, masks[expected])
+        assert result.score == pytest.approx(float(out.iou[0, expected]))
 
 
 @pytest.mark.parametrize("prefer", ["experts", "plain"])
@@ -161,6 +184,7 @@ def test_fixed_experts_option(engine, case):
 def test_config_defaults_and_the_paper_settings():
     config = RefineConfig()
     assert (config.k, config.box_gate, config.stable_pick, config.experts) == (1, 0.6, True, None)
+    assert config.box_match == 0.95
     assert (
         dataclasses.replace(
             config,
@@ -193,6 +217,8 @@ def test_config_defaults_and_the_paper_settings():
         ("box_gate", "0.6"),
         ("box_gate", 1.5),
         ("box_gate", True),
+        ("box_match", 0.0),
+        ("box_match", 1.5),
         ("stable_pick", "yes"),
         ("keep_stability", 1.5),
         ("keep_stability", "0.9"),
