@@ -361,14 +361,14 @@ def _agreement(
     out = engine.decode(emb, [prompt], multimask=True, frame="none")
     clock.lap("decode")
     best = int(out.best()[0])
-    kept = [best] if match is None else list(range(out.low_res_logits.shape[1]))
-    working = engine.upscale(emb, out.low_res_logits[0, kept], "working")
+    candidates = [best] if match is None else list(range(out.low_res_logits.shape[1]))
+    working = engine.upscale(emb, out.low_res_logits[0, candidates], "working")
     clock.lap("upscale")
     agree = mask_iou(working > 0, m0, empty=0.0)
-    k = kept.index(best)
+    k = candidates.index(best)
     if match is not None and agree.max() >= match:
         k = int(np.argmax(agree))
-    i = kept[k]
+    i = candidates[k]
     answer = _Answer(out.low_res_logits[0, i], float(out.iou[0, i]), prompt, working[k])
     return float(agree[k]), answer
 
