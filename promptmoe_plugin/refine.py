@@ -333,15 +333,6 @@ def _decode_pick(
     return out.low_res_logits[0, i], float(out.iou[0, i])
 
 
-def _box_answer(engine: SamEngine, emb: ImageEmbedding, m0: np.ndarray, clock: _Clock) -> _Answer:
-    """SAM's most confident answer to the tight box of ``m0`` ``(h, w) bool`` (working
-    frame), without its working-frame logits."""
-    prompt = sam_box_prompt(emb, m0)
-    clock.lap("prompts")
-    logits, score = _decode_pick(engine, emb, prompt, clock)
-    return _Answer(logits, score, prompt)
-
-
 def _agreement(
     engine: SamEngine,
     emb: ImageEmbedding,
@@ -626,7 +617,7 @@ def refine(
     weights: dict[str, float] = {}
     signals: dict[str, float] = {}
     if variant == "sam-box":
-        answer, source = _box_answer(engine, emb, m0, clock), "box"
+        answer, source = _agreement(engine, emb, m0, clock)[1], "box"
     elif variant == "dualsight":
         prompt = dualsight_prompt(emb, m0, np.random.default_rng(seed))
         clock.lap("prompts")
