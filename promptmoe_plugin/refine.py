@@ -317,19 +317,15 @@ def _decode_pick(
     emb: ImageEmbedding,
     prompt: Prompt,
     clock: _Clock,
-    reference: np.ndarray | None = None,
+    reference: np.ndarray,
 ) -> tuple[np.ndarray, float]:
     """One multimask decode: the ``(256, 256)`` low-res logits and predicted IoU of the
-    candidate with the best predicted IoU, or the best IoU with ``reference`` ``(h, w)
-    bool`` working frame when given."""
+    candidate with the best IoU with ``reference`` ``(h, w) bool`` (working frame)."""
     out = engine.decode(emb, [prompt], multimask=True, frame="none")
     clock.lap("decode")
-    if reference is None:
-        i = int(out.best()[0])
-    else:
-        cands = engine.upscale_masks(emb, out.low_res_logits[0], "working")
-        i = int(np.argmax(mask_iou(cands, reference, empty=0.0)))
-        clock.lap("upscale")
+    cands = engine.upscale_masks(emb, out.low_res_logits[0], "working")
+    i = int(np.argmax(mask_iou(cands, reference, empty=0.0)))
+    clock.lap("upscale")
     return out.low_res_logits[0, i], float(out.iou[0, i])
 
 
