@@ -63,7 +63,7 @@ class CorrectionConfig:
 
     From click ``zoom_from`` (4) on, clicks are decoded on a crop around the object
     (:mod:`.zoom`): on the held-out parts NoC@90 went from 5.60 to 5.24 on DAVIS and from
-    4.84 to 4.83 on COCO_MVal-dev, GrabCut unchanged at 1.60 (README, "Later clicks").
+    4.84 to 4.83 on COCO_MVal-dev, GrabCut unchanged at 1.60 (docs/benchmarks.md, "Later clicks").
 
     ``CorrectionConfig(multimask=False, previous=False, fresh="never", guard=False,
     zoom_from=0)`` is plain SAM: the single mask decoded with the previous logits.
@@ -108,7 +108,7 @@ class CorrectionConfig:
             (:func:`paint_click`); ``"answer"`` takes plain SAM's answer whole (the
             earlier behaviour: such an answer is often wrong elsewhere too; on the held-out
             parts 9 of the 16 such clicks of the two SmartSAM methods lowered IoU by 10+
-            points; README, "Later clicks").
+            points; docs/benchmarks.md, "Later clicks").
         zoom_from: from this click on, decode on a crop around the object
             (:mod:`.zoom`; the crop is encoded once, again only when the object outgrows
             it); 0 never.

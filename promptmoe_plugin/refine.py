@@ -116,7 +116,7 @@ class RefineConfig:
 
     The defaults are tuned for MobileSAM: with it every extra positive point cost
     accuracy, and the box gate, the stable pick and the two image-informed mask-prompt
-    settings gained it (README, "Refinement").  :data:`PAPER_REFINE` is the paper's PPE.
+    settings gained it (docs/benchmarks.md, "Refinement").  :data:`PAPER_REFINE` is the paper's PPE.
 
     Attributes:
         k: PPE positives.
@@ -148,7 +148,7 @@ class RefineConfig:
             that the answer's contour does not follow strong image edges (mean edge
             strength along it below ``keep_edges``, 1 = the image's average pixel).
             ``keep_stability=None`` turns the check off.  Chosen on a tuning mix of DAVIS,
-            GrabCut and COCO_MVal-dev (README, "Draft check").
+            GrabCut and COCO_MVal-dev (docs/benchmarks.md, "Draft check").
         iterations: prompt -> decode rounds (full, lite, dense, samrefiner); SAMRefiner
             uses 5, 3 saves CPU time.
         gamma, strength: shape and magnitude of the Gaussian mask prompt.
@@ -447,7 +447,7 @@ def outline_vertices(mask: np.ndarray, tolerance: float = OUTLINE_TOLERANCE) -> 
     pixels of contour length; 0 for an empty mask.
 
     At 2 px in SAM's working frame, upsampled low-resolution masks (a model's output)
-    need about 3 (median 3.2 on the README's tuning mix), GrabCut segmentations, which
+    need about 3 (median 3.2 on the tuning mix of docs/benchmarks.md), GrabCut segmentations, which
     follow every pixel-scale notch of the image, about 5 (median 5.0).
     """
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)

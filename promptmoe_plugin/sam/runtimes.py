@@ -564,7 +564,8 @@ def load_session(
         options.enable_cpu_mem_arena = False
         # No busy-waiting between runs: a SmartSAM click does numpy / torch work between
         # its decodes, which spinning workers slowed 2-20x (and torch's spinning threads the
-        # next decode by ~40%); decodes alone are not slower without it (README, first-click time).
+        # next decode by ~40%); decodes alone are not slower without it (docs/benchmarks.md,
+        # first-click time).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         session = onnxruntime.InferenceSession(

@@ -189,8 +189,8 @@ class SamIntent:
         engine: the SAM engine (reference images are embedded through its cache).
         weights: squared weights of the (SAM, colour, texture) parts; the cosine of two
             features is ``sum_k weights[k] * cos_k``.  The SAM part separates objects best
-            (README: AUC of good vs bad candidates 0.98 DAVIS / 0.88 GrabCut, colour 0.91 /
-            0.60, texture 0.93 / 0.56), hence its large weight.
+            (docs/benchmarks.md: AUC of good vs bad candidates 0.98 DAVIS / 0.88 GrabCut,
+            colour 0.91 / 0.60, texture 0.93 / 0.56), hence its large weight.
     """
 
     name = "sam"

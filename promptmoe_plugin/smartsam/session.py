@@ -72,13 +72,13 @@ class SmartSamConfig:
             (a bus or a bed seen close up) fills most of the image, and replacing SAM's
             answer by a part of it lost 30+ IoU on 8 of 601 COCO_MVal-dev instances.
         reduce: ``"max"`` or ``"mean"`` similarity over several references (max was
-            better on DAVIS by 2-4 points, see README).
+            better on DAVIS by 2-4 points, see docs/benchmarks.md).
         chain_bias: subtracted from the predicted IoU of chain candidates (a single-mask
             output of several points) to compare them with the click's own three masks;
             sampled points and boxes are scored like the click's own masks.  0 by
             default: on the tuning mix a chain mask outscoring SAM's own answer was
             better on DAVIS and worse on COCO, but the centrality guard below separates
-            those cases, and any bias on top of it lowered the mix (README).
+            those cases, and any bias on top of it lowered the mix (docs/benchmarks.md).
         centre_weight: weight of the click's centrality (:func:`centrality`: distance to
             the candidate's boundary over the candidate's largest inner distance, in [0,
             1]): a candidate in which the click lies less central than in SAM's own
@@ -103,7 +103,7 @@ class SmartSamConfig:
             only SAM's predicted IoU speaks for a switch, and the losing switches were
             to chain masks 1.5-21x the size of SAM's answer: 0.08 keeps COCO_MVal-dev's
             first-click losses within 2% (18 -> 11 of 601) for 0.1-0.3 mIoU@1 on DAVIS
-            and GrabCut with centre clicks, 1.1 on GrabCut with random ones (README,
+            and GrabCut with centre clicks, 1.1 on GrabCut with random ones (docs/benchmarks.md,
             "First click").
         hold_area_references: the same hold with references (None: off, the default):
             the label's exemplars are the evidence a switch needs, and the hold raised
@@ -112,7 +112,8 @@ class SmartSamConfig:
             switch (:mod:`.switch`) decides instead of the score rule above:
             ``"default"`` uses the shipped weights, a path the weights of ``promptmoe
             train-switch``, None the score rule.  On COCO_MVal-dev it cut the first-click
-            losses from 29 to 15 of 601 and raised mIoU@1 by 3.2 (README, "First click").
+            losses from 29 to 15 of 601 and raised mIoU@1 by 3.2 (docs/benchmarks.md,
+            "First click").
     """
 
     n_points: int = 0

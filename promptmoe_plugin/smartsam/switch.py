@@ -37,7 +37,8 @@ FEATURES = (
     "added_similarity",  # the region added to SAM's answer, less SAM's answer's similarity
     "chain",  # 1 for a chain candidate (absolute, SAM's answer is never one)
 )
-#: The weights shipped with the package (``promptmoe train-switch``; README, "First click").
+#: The weights shipped with the package (``promptmoe train-switch``; docs/benchmarks.md,
+#: "First click").
 DEFAULT_SWITCH = Path(__file__).resolve().parents[1] / "weights" / "smartsam_switch.json"
 #: The name that stands for :data:`DEFAULT_SWITCH` in settings (``switch="default"``).
 SHIPPED = "default"
